@@ -1,0 +1,37 @@
+"""nest-integrations: Nearest Neighbor Speculative Decoding for the RAG pipelines people already run."""
+
+from .citations import Citation, NestResult, NestStats
+from .config import NestConfig
+from .corpus import default_corpus, read_documents
+from .engine import NestChunk, NestEngine, PromptTooLongError
+from .index import build_index, default_retriever, load_index
+from .lm import LoadedLM, ModelNotFoundError, load_lm
+from .passages import Document, HybridRetriever, Passage, PassageRetriever, ScoredPassage, StaticRetriever
+from .token_index import KeyStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Citation",
+    "Document",
+    "HybridRetriever",
+    "KeyStore",
+    "LoadedLM",
+    "ModelNotFoundError",
+    "NestChunk",
+    "NestConfig",
+    "NestEngine",
+    "NestResult",
+    "NestStats",
+    "Passage",
+    "PassageRetriever",
+    "PromptTooLongError",
+    "ScoredPassage",
+    "StaticRetriever",
+    "build_index",
+    "default_corpus",
+    "default_retriever",
+    "load_index",
+    "load_lm",
+    "read_documents",
+]

@@ -1,0 +1,117 @@
+"""The ``nest`` command line: ``nest index`` builds a passage index, ``nest ask`` answers with citations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .citations import NestResult
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from .config import NestConfig
+    from .corpus import DEFAULT_CORPUS_NOTICE
+    from .engine import NestEngine
+    from .index import default_retriever, load_index
+    from .lm import load_lm
+
+    config = NestConfig.from_file(args.config) if args.config else NestConfig()
+    config = config.model_copy(update={"max_new_tokens": args.max_new_tokens, "num_passages": args.passages})
+    config = NestConfig.model_validate(config.model_dump())
+    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
+    if args.no_retrieval:
+        retriever = None
+    elif args.index:
+        retriever = load_index(args.index)
+    else:
+        retriever = default_retriever(tokenizer=lm.tokenizer)
+        if not args.json:
+            print(DEFAULT_CORPUS_NOTICE, file=sys.stderr)
+    engine = NestEngine(lm, retriever=retriever, config=config)
+    result = engine.generate(args.question)
+    if args.json:
+        print(result.model_dump_json(indent=2, exclude={"passages"}))
+    else:
+        print(format_answer(result))
+    return 0
+
+
+def format_answer(result: NestResult) -> str:
+    """The answer with [n] after each cited span, then the numbered sources with their quotes."""
+    text, marks = result.text, []
+    for n, c in sorted(enumerate(result.citations, 1), key=lambda nc: -nc[1].output_end):
+        text = f"{text[: c.output_end]} [{n}]{text[c.output_end :]}"
+    marks.append(text.strip())
+    if result.citations:
+        marks.append("\nSources:")
+        for n, c in enumerate(result.citations, 1):
+            where = (
+                f"{c.document_id or c.passage_id} chars {c.document_start}-{c.document_end}"
+                if c.document_start is not None
+                else c.passage_id
+            )
+            marks.append(f'[{n}] {c.title or c.passage_id} ({where}): "{c.quote}"')
+    s = result.stats
+    marks.append(
+        f"\n{s.tokens_generated} tokens, {s.tokens_copied} copied ({s.attribution_ratio:.0%}), "
+        f"{s.spans_accepted}/{s.spans_proposed} spans accepted, {s.tokens_per_second:.1f} tokens/s"
+    )
+    return "\n".join(marks)
+
+
+def _index(args: argparse.Namespace) -> int:
+    from .corpus import read_documents
+    from .index import build_index
+    from .lm import load_tokenizer
+
+    docs = list(read_documents(args.paths))
+    if not docs:
+        print("nest index: no .txt, .md or .jsonl documents found in the given paths", file=sys.stderr)
+        return 2
+    tokenizer = load_tokenizer(args.model) if args.model != "none" else None
+    retriever = build_index(docs, args.out, tokenizer=tokenizer, max_tokens=args.max_tokens, progress=True)
+    print(f"Indexed {len(docs)} documents into {len(retriever)} passages in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nest", description="Grounded, cited generation with NEST.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="answer a question with citations")
+    ask.add_argument("question")
+    ask.add_argument("--index", type=Path, help="index directory from `nest index` (default: the built-in corpus)")
+    ask.add_argument("--model", default="default", help="'default' (embedded SmolLM2), an HF id or a local path")
+    ask.add_argument("--max-new-tokens", type=int, default=128)
+    ask.add_argument("--passages", type=int, default=20, help="passages from the first stage (b)")
+    ask.add_argument("--config", type=Path, help="a NestConfig JSON file")
+    ask.add_argument("--device")
+    ask.add_argument("--dtype")
+    ask.add_argument("--no-retrieval", action="store_true", help="plain LM decoding, no citations")
+    ask.add_argument("--json", action="store_true", help="print the NestResult as JSON")
+    ask.set_defaults(func=_ask)
+
+    index = sub.add_parser("index", help="build a passage index from .txt/.md/.jsonl files")
+    index.add_argument("paths", nargs="+", type=Path)
+    index.add_argument("--out", type=Path, required=True, help="directory to write the index to")
+    index.add_argument("--max-tokens", type=int, default=100, help="passage length in LM tokens")
+    index.add_argument(
+        "--model", default="default", help="count passage tokens with this model's tokenizer ('none': an estimate)"
+    )
+    index.set_defaults(func=_index)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"nest {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

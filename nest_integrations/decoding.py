@@ -1,0 +1,263 @@
+"""The generation loop: one KV cache, span proposals from the token index, verification in one forward.
+
+Yields ``DecodeStep`` events (tokens with their provenance) so callers can stream; text,
+stop strings and citations are handled by the engine. Batch size 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from .citations import Provenance
+from .config import NestConfig
+from .lm import LoadedLM
+from .mixture import knn_distribution, lm_distribution, mix, relative_retrieval_confidence
+from .speculative import accepted_length, best_neighbour, relaxed_accepts, residual_distribution, strict_accepts
+from .token_index import TokenIndex
+
+
+@dataclass
+class DecodeStep:
+    """Tokens appended to the output in one step, each with its provenance (None: generated)."""
+
+    tokens: list[int]
+    provenance: list[Provenance | None]
+
+
+@dataclass
+class DecodeCounters:
+    spans_proposed: int = 0
+    accepted_spans: list[int] = field(default_factory=list)  # accepted length of each span with >= 1 token
+    finish_reason: Literal["length", "eos"] = "length"
+
+
+class _LMRunner:
+    """Owns the KV cache: forward new tokens, roll back to a length. Nothing else touches the cache."""
+
+    def __init__(self, lm: LoadedLM, need_hidden: bool) -> None:
+        self.lm = lm
+        self.need_hidden = need_hidden
+        self.cache: Any = None
+        self.length = 0
+
+    @torch.inference_mode()
+    def forward(self, token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (n, V) and second-to-last-layer hidden states (n, D) for the new tokens."""
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.lm.device)
+        out = self.lm.model(
+            input_ids=ids, past_key_values=self.cache, use_cache=True, output_hidden_states=self.need_hidden
+        )
+        self.cache = out.past_key_values
+        self.length += len(token_ids)
+        hidden = out.hidden_states[-2][0] if self.need_hidden else None
+        return out.logits[0], hidden
+
+    def crop(self, length: int) -> None:
+        if length < self.length:
+            self.cache.crop(length - self.length)  # a negative count removes that many positions
+            self.length = length
+
+
+@dataclass
+class _Mixture:
+    """p_M and what produced it, for n positions."""
+
+    p_mix: torch.Tensor  # (n, V)
+    p_lm: torch.Tensor  # (n, V)
+    p_knn: torch.Tensor | None  # (n, V)
+    lam: torch.Tensor  # (n,)
+    nb_idx: torch.Tensor | None  # (n, k) key indices, nearest first
+
+    def row(self, i: int) -> _Mixture:
+        return _Mixture(
+            self.p_mix[i : i + 1],
+            self.p_lm[i : i + 1],
+            None if self.p_knn is None else self.p_knn[i : i + 1],
+            self.lam[i : i + 1],
+            None if self.nb_idx is None else self.nb_idx[i : i + 1],
+        )
+
+
+class NestDecoder:
+    """Runs NEST decoding for one prompt over one token index (or none: plain LM)."""
+
+    def __init__(self, lm: LoadedLM, config: NestConfig, index: TokenIndex | None) -> None:
+        self.lm = lm
+        self.cfg = config
+        self.index = index if index is not None and len(index) and config.retrieval else None
+        self.counters = DecodeCounters()
+        self.eos = lm.eos_token_ids
+        self.knn_temperature = config.knn_temperature or math.sqrt(lm.hidden_size)
+        self.generator: torch.Generator | None = None
+        if config.seed is not None:
+            self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    # Distributions -------------------------------------------------------------------------
+
+    def _mixture(self, logits: torch.Tensor, hidden: torch.Tensor | None) -> _Mixture:
+        cfg = self.cfg
+        p_lm = lm_distribution(logits, cfg.lm_temperature)
+        n = p_lm.shape[0]
+        if self.index is None or hidden is None or self.index.all_masked or cfg.fixed_lambda == 1.0:
+            return _Mixture(p_lm, p_lm, None, torch.ones(n, device=p_lm.device), None)
+        dist, idx = self.index.search(hidden, cfg.num_neighbors)  # (n, k)
+        usable = torch.isfinite(dist)
+        values = self.index.values[idx]
+        p_knn = knn_distribution(dist, values, p_lm.shape[-1], self.knn_temperature).to(p_lm.device)
+        if cfg.fixed_lambda is not None:
+            lam = torch.full((n,), cfg.fixed_lambda, device=p_lm.device)
+        else:
+            lam = relative_retrieval_confidence(dist.masked_fill(~usable, float("inf")), cfg.alpha, cfg.tau).to(
+                p_lm.device
+            )
+        return _Mixture(mix(p_lm, p_knn, lam), p_lm, p_knn, lam, idx)
+
+    def _sampling_distribution(self, p: torch.Tensor) -> torch.Tensor:
+        """What a token is drawn from: p_M with temperature and top-p applied (sampling only)."""
+        cfg = self.cfg
+        if cfg.temperature != 1.0:
+            p = torch.softmax(torch.log(p.clamp(min=1e-30)) / cfg.temperature, dim=-1)
+        if cfg.top_p < 1.0:
+            sorted_p, order = torch.sort(p, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p
+            p = torch.zeros_like(p).scatter_(-1, order, sorted_p * keep)
+            p = p / p.sum()
+        return p
+
+    def _pick(self, p_mix: torch.Tensor, rejected: int | None = None) -> int:
+        """Next token from p_M (V,): argmax when greedy, else a draw (from the residual after a strict rejection)."""
+        if not self.cfg.do_sample:
+            return int(torch.argmax(p_mix).item())
+        q = self._sampling_distribution(p_mix)
+        if rejected is not None and self.cfg.acceptance == "strict":
+            q = residual_distribution(q, rejected)
+        return int(torch.multinomial(q.cpu(), 1, generator=self.generator).item())
+
+    def _accepts(self, p_mix: torch.Tensor, draft: torch.Tensor) -> torch.Tensor:
+        """Per-position acceptance of draft tokens (n,) under p_M (n, V)."""
+        draft = draft.to(p_mix.device)
+        if self.cfg.acceptance == "relaxed":
+            return relaxed_accepts(p_mix, draft, self.cfg.gamma)
+        q = self._sampling_distribution(p_mix) if self.cfg.do_sample else p_mix
+        return strict_accepts(q, draft, sample=self.cfg.do_sample, generator=self.generator)
+
+    def _provenance_of(self, m: _Mixture, token: int) -> Provenance | None:
+        """Attribute a single emitted token to the nearest neighbour with that value,
+        when retrieval contributed most of its probability."""
+        if self.index is None or m.nb_idx is None or m.p_knn is None:
+            return None
+        lam = float(m.lam[0])
+        if (1 - lam) * float(m.p_knn[0, token]) < lam * float(m.p_lm[0, token]):
+            return None
+        keys = m.nb_idx[0][~self.index.masked[m.nb_idx[0]]]
+        hits = (self.index.values[keys] == token).nonzero()
+        if not hits.numel():
+            return None
+        key = int(keys[int(hits[0])])
+        return Provenance(int(self.index.key_passage[key]), int(self.index.key_position[key]) + 1, 1 - lam)
+
+    # The loop --------------------------------------------------------------------------------
+
+    def run(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Iterator[DecodeStep]:
+        """Decode up to ``max_new_tokens`` tokens after the prompt, yielding each step."""
+        runner = _LMRunner(self.lm, need_hidden=self.index is not None)
+        logits, hidden = runner.forward(prompt_ids)
+        m = self._mixture(logits[-1:], None if hidden is None else hidden[-1:])
+        produced = 0
+        continuation: tuple[int, int] | None = None  # (passage, next token position) after a full accept
+        while produced < max_new_tokens:
+            source = continuation or self._propose(m)
+            continuation, rejected = None, None
+            draft = self._draft_tokens(*source, max_new_tokens - produced) if source else None
+            if source is not None and draft is not None and draft.numel():
+                self.counters.spans_proposed += 1
+                if bool(self._accepts(m.p_mix, draft[:1])[0]):
+                    step, m, continuation = self._verify(runner, m, source, draft)
+                    yield step
+                    produced += len(step.tokens)
+                    if self._ended(step):
+                        return
+                    continue
+                rejected = int(draft[0])
+            token = self._pick(m.p_mix[0], rejected)
+            step = DecodeStep([token], [self._provenance_of(m, token)])
+            self._mask(step)
+            yield step
+            produced += 1
+            if self._ended(step) or produced >= max_new_tokens:
+                return
+            logits, hidden = runner.forward([token])
+            m = self._mixture(logits, hidden)
+
+    def _ended(self, step: DecodeStep) -> bool:
+        if step.tokens and step.tokens[-1] in self.eos:
+            self.counters.finish_reason = "eos"
+            return True
+        return False
+
+    def _propose(self, m: _Mixture) -> tuple[int, int] | None:
+        """Dynamic span selection: when lambda < beta, the span after the best neighbour."""
+        if self.index is None or m.nb_idx is None or float(m.lam[0]) >= self.cfg.beta:
+            return None
+        # The search may predate the masking of the span just copied: skip keys masked since.
+        keys = m.nb_idx[0][~self.index.masked[m.nb_idx[0]]]
+        if not keys.numel():
+            return None
+        key = int(keys[best_neighbour(m.p_mix[0], self.index.values[keys])])
+        return int(self.index.key_passage[key]), int(self.index.key_position[key]) + 1
+
+    def _draft_tokens(self, passage: int, start: int, budget: int) -> torch.Tensor:
+        assert self.index is not None
+        tokens = self.index.passages[passage].token_ids
+        draft = tokens[start : start + min(self.cfg.span_window, budget)]
+        for i, t in enumerate(draft.tolist()):
+            if t in self.eos:
+                return draft[:i]
+        return draft
+
+    def _verify(
+        self, runner: _LMRunner, m: _Mixture, source: tuple[int, int], draft: torch.Tensor
+    ) -> tuple[DecodeStep, _Mixture, tuple[int, int] | None]:
+        """Score a span whose first token was accepted in one forward; keep the accepted prefix.
+
+        Returns the step, the mixture at the new last position, and where a fully accepted
+        span continues in its passage (None otherwise).
+        """
+        assert self.index is not None
+        passage, start = source
+        n = int(draft.numel())
+        base = runner.length
+        logits, hidden = runner.forward(draft.tolist())
+        after = self._mixture(logits, hidden)  # row i: p_M after draft token i
+        rest = self._accepts(after.p_mix[:-1], draft[1:].to(after.p_mix.device))
+        accepted = 1 + accepted_length(rest)
+        lams = torch.cat([m.lam, after.lam[: accepted - 1]]).tolist()
+        prov: list[Provenance | None] = [Provenance(passage, start + i, 1 - lams[i]) for i in range(accepted)]
+        tokens = draft[:accepted].tolist()
+        self.counters.accepted_spans.append(accepted)
+        if accepted == n:
+            step = DecodeStep(tokens, prov)
+            self._mask(step)
+            more = start + n < self.index.passages[passage].token_ids.numel()
+            return step, after.row(n - 1), (passage, start + n) if more else None
+        runner.crop(base + accepted)
+        at = after.row(accepted - 1)
+        token = self._pick(at.p_mix[0], rejected=int(draft[accepted]))
+        step = DecodeStep([*tokens, token], [*prov, self._provenance_of(at, token)])
+        self._mask(step)
+        if not self._ended(step):
+            logits, hidden = runner.forward([token])
+            at = self._mixture(logits, hidden)
+        return step, at, None
+
+    def _mask(self, step: DecodeStep) -> None:
+        if self.index is None or not self.cfg.mask_copied:
+            return
+        for p in step.provenance:
+            if p is not None:
+                self.index.mask_copied(p.passage, [p.position])

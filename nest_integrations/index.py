@@ -1,0 +1,95 @@
+"""Build, save and load passage indexes; the default corpus's index is built once and cached.
+
+Chunking counts LM tokens with the model's tokenizer, so "at most ~100 tokens" holds for
+the model that will read the passages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .corpus import DEFAULT_CORPUS_FILE, default_corpus
+from .lm import load_tokenizer
+from .passages.chunking import TokenCounter, approximate_token_count, chunk_document
+from .passages.embedder import SentenceEmbedder
+from .passages.hybrid import HybridRetriever
+from .passages.types import Document, Passage
+
+DEFAULT_MAX_PASSAGE_TOKENS = 100
+
+
+def token_counter(tokenizer: Any | None) -> TokenCounter:
+    if tokenizer is None:
+        return approximate_token_count
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def chunk_documents(
+    docs: Iterable[Document], *, tokenizer: Any | None = None, max_tokens: int = DEFAULT_MAX_PASSAGE_TOKENS
+) -> list[Passage]:
+    count = token_counter(tokenizer)
+    return [p for d in docs for p in chunk_document(d, max_tokens=max_tokens, count_tokens=count)]
+
+
+def build_index(
+    docs: Iterable[Document],
+    directory: str | Path | None = None,
+    *,
+    tokenizer: Any | None = None,
+    max_tokens: int = DEFAULT_MAX_PASSAGE_TOKENS,
+    embedder: SentenceEmbedder | None = None,
+    progress: bool = True,
+) -> HybridRetriever:
+    """Chunk ``docs`` into passages, index them (dense + BM25) and save to ``directory`` if given."""
+    passages = chunk_documents(docs, tokenizer=tokenizer, max_tokens=max_tokens)
+    retriever = HybridRetriever(passages, embedder=embedder, progress=progress)
+    if directory is not None:
+        retriever.save(directory)
+    return retriever
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("NEST_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nest-integrations"
+    )
+    return Path(root)
+
+
+def _default_index_dir() -> Path:
+    corpus = resources.files("nest_integrations.data").joinpath(DEFAULT_CORPUS_FILE).read_bytes()
+    digest = hashlib.sha1(corpus + f"|{DEFAULT_MAX_PASSAGE_TOKENS}|v2".encode()).hexdigest()[:12]
+    return cache_dir() / f"default-index-{digest}"
+
+
+def default_retriever(*, tokenizer: Any | None = None, progress: bool = True) -> HybridRetriever:
+    """The built-in first stage over the default corpus, built on first use and cached on disk.
+
+    ``tokenizer`` counts passage tokens; it should be the default model's (loaded if not given).
+    """
+    target = _default_index_dir()
+    if (target / "meta.json").is_file():
+        return HybridRetriever.load(target)
+    if tokenizer is None:
+        tokenizer = load_tokenizer()
+    # Build in a temporary directory and rename, so a crash never leaves a half index behind.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        retriever = build_index(default_corpus(), tmp, tokenizer=tokenizer, progress=progress)
+        with contextlib.suppress(OSError):  # another process finished first
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return retriever
+
+
+def load_index(directory: str | Path) -> HybridRetriever:
+    return HybridRetriever.load(directory)

@@ -1,0 +1,173 @@
+"""The built-in first stage: dense (FAISS inner product) + BM25 (bm25s), fused by weighted sum.
+
+Fusion follows the official NEST code: score = bm25 + weight * dense (weight 0.3), and a
+passage found by only one retriever gets the other list's lowest score. Indexes persist
+as JSON / numpy / FAISS files (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .embedder import SentenceEmbedder
+from .types import Passage, ScoredPassage
+
+INDEX_FORMAT_VERSION = 2
+_BM25_TOKEN = re.compile(r"\w+", re.UNICODE)
+# Instruction words of prompts ("Tell me about X") are rare in a corpus, so BM25 would rank
+# them high; they are dropped with the usual English stop words.
+_PROMPT_WORDS = frozenset({"tell", "describe", "explain", "give", "write", "summarize", "summarise", "please"})
+
+
+def _stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    return frozenset(STOPWORDS_EN_PLUS) | _PROMPT_WORDS
+
+
+def _bm25_tokenize(texts: Sequence[str]) -> list[list[str]]:
+    stop = _stopwords()
+    return [[w for w in _BM25_TOKEN.findall(t.lower()) if w not in stop] for t in texts]
+
+
+def _passage_search_text(p: Passage) -> str:
+    return f"{p.title}. {p.text}" if p.title else p.text
+
+
+class HybridRetriever:
+    """Dense + BM25 hybrid retriever over a fixed list of passages."""
+
+    def __init__(
+        self,
+        passages: Sequence[Passage],
+        *,
+        embedder: SentenceEmbedder | None = None,
+        dense_weight: float = 0.3,
+        candidates: int = 100,
+        _dense_index: Any = None,
+        _bm25: Any = None,
+        progress: bool = False,
+    ) -> None:
+        import bm25s
+        import faiss
+
+        self.passages = list(passages)
+        self.dense_weight = dense_weight
+        self.candidates = candidates
+        self._embedder = embedder
+        self._dense: Any = None
+        self._bm25: Any = None
+        if not self.passages:
+            return
+        texts = [_passage_search_text(p) for p in self.passages]
+        if _dense_index is None:
+            vectors = self.embedder.encode(texts, progress=progress)
+            _dense_index = faiss.IndexFlatIP(vectors.shape[1])
+            _dense_index.add(vectors)
+        if _bm25 is None:
+            _bm25 = bm25s.BM25()
+            _bm25.index(_bm25_tokenize(texts), show_progress=progress)
+        self._dense, self._bm25 = _dense_index, _bm25
+
+    @property
+    def embedder(self) -> SentenceEmbedder:
+        if self._embedder is None:
+            self._embedder = SentenceEmbedder()
+        return self._embedder
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def retrieve(self, query: str, k: int) -> list[ScoredPassage]:
+        if not self.passages or not query.strip():
+            return []
+        n = min(len(self.passages), max(k, self.candidates))
+        dense = self._dense_scores(query, n)
+        sparse = self._bm25_scores(query, n)
+        fused = fuse_scores(dense, sparse, self.dense_weight)
+        best = sorted(fused.items(), key=lambda kv: -kv[1])[:k]
+        return [ScoredPassage(passage=self.passages[i], score=s) for i, s in best]
+
+    def _dense_scores(self, query: str, n: int) -> dict[int, float]:
+        q = self.embedder.encode([query])
+        scores, ids = self._dense.search(q, n)
+        return {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0}
+
+    def _bm25_scores(self, query: str, n: int) -> dict[int, float]:
+        tokens = _bm25_tokenize([query])
+        if not tokens[0]:
+            return {}
+        ids, scores = self._bm25.retrieve(tokens, k=n, show_progress=False)
+        return {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if s > 0}
+
+    # Persistence -------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Write passages.jsonl, dense.faiss, bm25/ and meta.json into ``directory``."""
+        import faiss
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "passages.jsonl").open("w", encoding="utf-8") as f:
+            for p in self.passages:
+                f.write(p.model_dump_json() + "\n")
+        meta = {
+            "format_version": INDEX_FORMAT_VERSION,
+            "embedder": self.embedder.name if self._embedder is not None else "all-MiniLM-L6-v2",
+            "dense_weight": self.dense_weight,
+            "candidates": self.candidates,
+            "num_passages": len(self.passages),
+        }
+        if self.passages:
+            faiss.write_index(self._dense, str(out / "dense.faiss"))
+            self._bm25.save(str(out / "bm25"), show_progress=False)
+        (out / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path, *, embedder: SentenceEmbedder | None = None) -> HybridRetriever:
+        """Load an index written by :meth:`save`."""
+        import bm25s
+        import faiss
+
+        src = Path(directory)
+        meta_path = src / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{src} is not a NEST passage index (no meta.json); build one with `nest index`.")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version") != INDEX_FORMAT_VERSION:
+            raise ValueError(f"{src}: index format {meta.get('format_version')} is not supported; rebuild it.")
+        passages = list(read_passages(src / "passages.jsonl"))
+        dense = bm25 = None
+        if passages:
+            dense = faiss.read_index(str(src / "dense.faiss"))
+            bm25 = bm25s.BM25.load(str(src / "bm25"), show_progress=False)
+        if embedder is None and meta["embedder"] != "all-MiniLM-L6-v2":
+            embedder = SentenceEmbedder(meta["embedder"])
+        return cls(
+            passages,
+            embedder=embedder,
+            dense_weight=meta["dense_weight"],
+            candidates=meta["candidates"],
+            _dense_index=dense,
+            _bm25=bm25,
+        )
+
+
+def fuse_scores(dense: dict[int, float], sparse: dict[int, float], dense_weight: float) -> dict[int, float]:
+    """score = sparse + dense_weight * dense; a missing score is that list's lowest."""
+    if not dense and not sparse:
+        return {}
+    low_dense = min(dense.values()) if dense else 0.0
+    low_sparse = min(sparse.values()) if sparse else 0.0
+    return {i: sparse.get(i, low_sparse) + dense_weight * dense.get(i, low_dense) for i in set(dense) | set(sparse)}
+
+
+def read_passages(path: str | Path) -> Iterable[Passage]:
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield Passage.model_validate_json(line)

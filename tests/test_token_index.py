@@ -1,0 +1,70 @@
+import torch
+
+from nest_integrations import KeyStore, Passage
+from nest_integrations.token_index import PassageEncoder, TokenIndex, encoded_string
+
+
+def test_keys_are_second_to_last_hidden_states_and_values_next_tokens(lm, boulter_passages) -> None:
+    p = boulter_passages[0]
+    (enc,) = PassageEncoder(lm).encode([p])
+    text, offset = encoded_string(p)
+    assert offset == len(p.title) + 1
+    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert enc.token_ids.tolist() == ids[0].tolist()
+    with torch.inference_mode():
+        hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[-2][0]
+    torch.testing.assert_close(enc.keys, hidden[enc.first_key : len(enc.token_ids) - 1], atol=1e-4, rtol=1e-4)
+    index = TokenIndex([enc], lm.device)
+    assert index.values.tolist() == enc.token_ids[enc.first_key + 1 :].tolist()
+    # Values never come from the title: the first value token reaches into the passage text.
+    assert enc.char_spans[enc.first_key + 1, 1] > offset
+
+
+def test_passage_is_encoded_once_then_cached(lm, boulter_passages) -> None:
+    encoder = PassageEncoder(lm)
+    first = encoder.encode(boulter_passages[:3])
+    again = encoder.encode(boulter_passages[:3])
+    assert encoder.misses == 3 and encoder.hits == 3
+    assert all(a is b for a, b in zip(first, again, strict=True))
+
+
+def test_cache_is_bounded_and_evicts_least_recently_used(lm, boulter_passages) -> None:
+    encoder = PassageEncoder(lm)
+    sizes = [e.nbytes for e in PassageEncoder(lm).encode(boulter_passages[:4])]
+    encoder.max_cache_bytes = sizes[2] + sizes[3]
+    encoder.encode(boulter_passages[:4])
+    assert encoder._cache_bytes <= encoder.max_cache_bytes
+    cached = set(encoder._cache)
+    assert encoder._cache_key(boulter_passages[3]) in cached
+    assert encoder._cache_key(boulter_passages[0]) not in cached
+
+
+def test_search_matches_brute_force_and_respects_mask(lm, boulter_passages) -> None:
+    encoded = PassageEncoder(lm).encode(boulter_passages[:3])
+    index = TokenIndex(encoded, lm.device)
+    queries = index.keys[[10, 50]] + 0.01
+    dist, idx = index.search(queries, r=10)
+    brute = torch.cdist(queries, index.keys) ** 2
+    expected = brute.topk(10, largest=False)
+    # The ||q||^2 - 2qk + ||k||^2 form loses a little precision near zero; ranks are what matter.
+    torch.testing.assert_close(dist, expected.values, atol=0.1, rtol=1e-3)
+    assert idx[:, 0].tolist() == [10, 50]
+    passage, position = int(index.key_passage[50]), int(index.key_position[50])
+    index.mask_copied(passage, [position + 1])
+    _, idx2 = index.search(queries, r=10)
+    assert 50 not in idx2[1].tolist() and 10 in idx2[0].tolist()
+
+
+def test_key_store_round_trip(tmp_path, lm, boulter_passages) -> None:
+    encoder = PassageEncoder(lm)
+    store = KeyStore.build(encoder, boulter_passages[:2], tmp_path / "keys", progress=False)
+    reopened = KeyStore.open(tmp_path / "keys", model=lm.name)
+    assert len(reopened) == 2
+    for p, direct in zip(boulter_passages[:2], encoder.encode(boulter_passages[:2]), strict=True):
+        got = reopened.get(p.content_key)
+        assert got is not None and got.token_ids.tolist() == direct.token_ids.tolist()
+        torch.testing.assert_close(got.keys, direct.keys, atol=1e-2, rtol=1e-2)  # stored as float16
+    cold = PassageEncoder(lm, key_store=store)
+    cold.encode(boulter_passages[:2])
+    assert cold.misses == 0
+    assert reopened.get(Passage(id="x", text="not stored").content_key) is None
