@@ -17,9 +17,10 @@ def _ask(args: argparse.Namespace) -> int:
     from .index import default_retriever, load_index
     from .lm import load_lm
 
-    config = NestConfig.from_file(args.config) if args.config else NestConfig()
-    config = config.model_copy(update={"max_new_tokens": args.max_new_tokens, "num_passages": args.passages})
-    config = NestConfig.model_validate(config.model_dump())
+    base = NestConfig.from_file(args.config) if args.config else NestConfig()
+    config = NestConfig.model_validate(
+        {**base.model_dump(), "max_new_tokens": args.max_new_tokens, "num_passages": args.passages}
+    )
     lm = load_lm(args.model, device=args.device, dtype=args.dtype)
     if args.no_retrieval:
         retriever = None

@@ -108,9 +108,7 @@ class NestEngine:
             query: what the first stage searches for (default: the last user message).
             **overrides: any :class:`NestConfig` field for this call only (e.g. ``max_new_tokens``).
         """
-        cfg = self.config.model_copy(update=overrides) if overrides else self.config
-        if overrides:
-            cfg = NestConfig.model_validate(cfg.model_dump())  # validate the overrides too
+        cfg = NestConfig.model_validate({**self.config.model_dump(), **overrides}) if overrides else self.config
         messages = normalize_messages(prompt)
         prompt_ids = build_prompt_ids(self.lm.tokenizer, messages)
         room = self.lm.context_length - len(prompt_ids)

@@ -37,7 +37,7 @@ def strict_accepts(
     if not sample:
         return p_mix.argmax(dim=-1) == draft.long()
     chosen = p_mix.gather(-1, draft.long().unsqueeze(-1)).squeeze(-1)
-    u = torch.rand(chosen.shape, generator=generator, device=chosen.device)
+    u = torch.rand(chosen.shape, generator=generator).to(chosen.device)  # CPU generator: same draws on any device
     return u < chosen
 
 

@@ -4,7 +4,15 @@ import pytest
 import torch
 from conftest import assert_citations_exact
 
-from nest_integrations import NestConfig, NestEngine, Passage, PromptTooLongError, StaticRetriever, default_corpus
+from nest_integrations import (
+    HybridRetriever,
+    NestConfig,
+    NestEngine,
+    Passage,
+    PromptTooLongError,
+    StaticRetriever,
+    default_corpus,
+)
 from nest_integrations.lm import build_prompt_ids, normalize_messages
 
 ENTITIES = [
@@ -50,8 +58,9 @@ def test_retrieval_off_equals_plain_greedy_generate(lm, boulter_passages, how) -
 
 
 @pytest.mark.slow
-def test_retriever_returning_nothing_is_plain_lm_with_no_citations(lm) -> None:
-    engine = NestEngine(lm, retriever=StaticRetriever([]))
+@pytest.mark.parametrize("empty", [StaticRetriever([]), HybridRetriever([]), []], ids=["retriever", "corpus", "list"])
+def test_retriever_returning_nothing_is_plain_lm_with_no_citations(lm, empty) -> None:
+    engine = NestEngine(lm, retriever=empty)
     result = engine.generate("Tell me about Robert Boulter.", max_new_tokens=24)
     assert result.text == lm.tokenizer.decode(plain_greedy(lm, "Tell me about Robert Boulter.", 24))
     assert result.citations == [] and result.passages == []
