@@ -132,7 +132,8 @@ class PassageEncoder:
                 n = len(prepared[i][0])
                 ids[row, :n] = torch.tensor(prepared[i][0], dtype=torch.long)
                 mask[row, :n] = 1
-            hidden = self.lm.model(
+            # The backbone alone: keys need no logits, and the LM head over every position is costly.
+            hidden = self.lm.model.base_model(
                 input_ids=ids.to(self.lm.device),
                 attention_mask=mask.to(self.lm.device),
                 output_hidden_states=True,
