@@ -3,7 +3,7 @@
 from .citations import Citation, NestResult, NestStats
 from .config import NestConfig
 from .corpus import default_corpus, read_documents
-from .engine import NestChunk, NestEngine, PromptTooLongError
+from .engine import NestChunk, NestEngine, PromptTooLongError, shared_engine
 from .index import build_index, default_retriever, load_index
 from .lm import LoadedLM, ModelNotFoundError, load_lm
 from .passages import Document, HybridRetriever, Passage, PassageRetriever, ScoredPassage, StaticRetriever
@@ -34,4 +34,5 @@ __all__ = [
     "load_index",
     "load_lm",
     "read_documents",
+    "shared_engine",
 ]

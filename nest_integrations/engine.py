@@ -241,3 +241,22 @@ def _finish_stats(
     stats.decoding_seconds = seconds
     stats.tokens_per_second = len(tokens) / seconds if seconds > 0 else 0.0
     return stats
+
+
+_SHARED_ENGINES: dict[tuple[str, str | None, str | None], NestEngine] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_engine(model: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | None = None) -> NestEngine:
+    """One engine per (model, device, dtype) per process, loaded on first use.
+
+    For integrations that create many lightweight objects (chat models, tools): the weights
+    and the passage-key cache are loaded once and shared; generations are serialised by the
+    engine's lock. Pass passages per call (``generate(..., passages=...)``).
+    """
+    key = (model, device, dtype)
+    with _SHARED_LOCK:
+        engine = _SHARED_ENGINES.get(key)
+        if engine is None:
+            engine = _SHARED_ENGINES[key] = NestEngine(model, device=device, dtype=dtype)
+        return engine

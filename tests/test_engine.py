@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_citations_exact
+from citation_checks import assert_citations_exact
 
 from nest_integrations import (
     HybridRetriever,

@@ -1,0 +1,83 @@
+"""Bridge LangChain retrievers to the NEST engine's first stage.
+
+``documents_to_passages`` turns ``Document``s into scored passages (text, id, title, source
+and metadata kept for citations); ``LangChainPassageRetriever`` wraps any ``BaseRetriever``
+as a ``PassageRetriever`` for code that uses ``NestEngine`` directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+
+from nest_integrations import Passage, ScoredPassage
+
+log = logging.getLogger(__name__)
+
+_SCORE_KEYS = ("relevance_score", "score", "similarity")
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+def document_to_passage(doc: Document) -> Passage | None:
+    """A passage for ``doc``, or None when it has no text."""
+    text = doc.page_content
+    if not isinstance(text, str) or not text.strip():
+        log.debug("skipping a document with empty content: %r", doc.metadata)
+        return None
+    meta = _json_safe(dict(doc.metadata or {}))
+    pid = doc.id or meta.get("id") or "doc-" + hashlib.sha1(text.encode()).hexdigest()[:16]
+    source = meta.get("source")
+    start = meta.get("start_index")  # set by LangChain text splitters with add_start_index=True
+    has_start = isinstance(start, int) and not isinstance(start, bool) and start >= 0
+    return Passage(
+        id=str(pid),
+        text=text,
+        title=str(meta.get("title") or ""),
+        metadata=meta,
+        document_id=str(source) if source is not None else None,
+        start=start if has_start else None,
+        end=start + len(text) if has_start else None,
+    )
+
+
+def documents_to_passages(docs: Sequence[Document]) -> list[ScoredPassage]:
+    """Scored passages in retriever order; scores from metadata when present, else by rank."""
+    out: list[ScoredPassage] = []
+    for rank, doc in enumerate(docs):
+        passage = document_to_passage(doc)
+        if passage is None:
+            continue
+        score = next(
+            (float(doc.metadata[k]) for k in _SCORE_KEYS if isinstance(doc.metadata.get(k), (int, float))),
+            float(len(docs) - rank),
+        )
+        out.append(ScoredPassage(passage=passage, score=score))
+    return out
+
+
+class LangChainPassageRetriever:
+    """Any LangChain ``BaseRetriever`` as the engine's ``PassageRetriever``.
+
+    The retriever decides how many documents it returns (``k`` caps them).
+    """
+
+    def __init__(self, retriever: BaseRetriever) -> None:
+        self.retriever = retriever
+
+    def retrieve(self, query: str, k: int) -> list[ScoredPassage]:
+        return documents_to_passages(self.retriever.invoke(query))[:k]

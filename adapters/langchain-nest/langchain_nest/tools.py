@@ -1,0 +1,64 @@
+"""A grounded-answer tool for LangChain agents: the answer as content, the citations as artifact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.tools import StructuredTool
+from pydantic import BaseModel, Field
+
+from .chat_models import ChatNest
+
+
+class GroundedAnswerInput(BaseModel):
+    question: str = Field(description="The question to answer from the indexed documents.")
+
+
+def format_with_sources(text: str, citations: list[dict[str, Any]]) -> str:
+    """The answer with [n] after each cited span, then the numbered quotes and their sources."""
+    marked = text
+    for n, c in sorted(enumerate(citations, 1), key=lambda nc: -nc[1]["output_end"]):
+        marked = f"{marked[: c['output_end']]} [{n}]{marked[c['output_end'] :]}"
+    lines = [marked.strip()]
+    for n, c in enumerate(citations, 1):
+        lines.append(f'[{n}] {c.get("title") or c["passage_id"]}: "{c["quote"]}"')
+    return "\n".join(lines)
+
+
+def create_nest_tool(
+    llm: ChatNest,
+    name: str = "grounded_answer",
+    description: str = (
+        "Answer a factual question from the indexed documents. Returns the answer with numbered "
+        "citations; every cited span is quoted exactly from its source."
+    ),
+) -> StructuredTool:
+    """A tool an agent can call; ``response_format="content_and_artifact"`` like ``create_retriever_tool``.
+
+    The artifact is ``{"answer": str, "citations": [engine citation fields], "stats": {...}}``.
+    """
+
+    def answer(question: str) -> tuple[str, dict[str, Any]]:
+        if not question.strip():
+            raise ValueError("The question is empty.")
+        msg = llm.invoke(question)
+        citations = msg.response_metadata.get("citations", [])
+        artifact = {"answer": msg.text, "citations": citations, "stats": msg.response_metadata.get("nest", {})}
+        return format_with_sources(msg.text, citations), artifact
+
+    async def aanswer(question: str) -> tuple[str, dict[str, Any]]:
+        if not question.strip():
+            raise ValueError("The question is empty.")
+        msg = await llm.ainvoke(question)
+        citations = msg.response_metadata.get("citations", [])
+        artifact = {"answer": msg.text, "citations": citations, "stats": msg.response_metadata.get("nest", {})}
+        return format_with_sources(msg.text, citations), artifact
+
+    return StructuredTool.from_function(
+        func=answer,
+        coroutine=aanswer,
+        name=name,
+        description=description,
+        args_schema=GroundedAnswerInput,
+        response_format="content_and_artifact",
+    )
