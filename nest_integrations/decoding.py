@@ -216,7 +216,8 @@ class NestDecoder:
         tokens = self.index.passages[passage].token_ids
         draft = tokens[start : start + min(self.cfg.span_window, budget)]
         for i, t in enumerate(draft.tolist()):
-            if t in self.eos:
+            # Stop before EOS and before text already copied (a continuation must not repeat it).
+            if t in self.eos or (self.cfg.mask_copied and self.index.is_copied(passage, start + i)):
                 return draft[:i]
         return draft
 

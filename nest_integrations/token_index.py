@@ -215,6 +215,11 @@ class TokenIndex:
             if k is not None:
                 self.masked[k] = True
 
+    def is_copied(self, passage: int, token_position: int) -> bool:
+        """Whether the token at ``token_position`` of ``passage`` was copied (its key is masked)."""
+        k = self.key_index(passage, token_position - 1)
+        return k is not None and bool(self.masked[k])
+
     @property
     def all_masked(self) -> bool:
         return bool(self.masked.all().item()) if len(self) else True

@@ -1,5 +1,7 @@
 """End-to-end behaviour of NestEngine on the embedded model and the default corpus."""
 
+import itertools
+
 import pytest
 import torch
 from citation_checks import assert_citations_exact
@@ -77,6 +79,10 @@ def test_entity_prompt_copies_a_multi_token_span_cited_to_the_right_article(engi
     assert result.stats.spans_accepted >= 1 and result.stats.mean_accepted_span > 1
     assert 0 < result.stats.attribution_ratio <= 1
     assert result.stats.tokens_copied == round(result.stats.attribution_ratio * result.stats.tokens_generated)
+    # Copied positions are masked: no source text is copied twice.
+    ranges = sorted((c.passage_id, c.passage_start, c.passage_end) for c in result.citations)
+    for (pa, _, end_a), (pb, start_b, _) in itertools.pairwise(ranges):
+        assert pa != pb or start_b >= end_a, ranges
 
 
 @pytest.mark.slow

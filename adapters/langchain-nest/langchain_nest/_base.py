@@ -89,6 +89,16 @@ class NestParams(BaseModel):
         return {"model": self.model_name, "nest_config": self.nest_config.model_dump()}
 
 
+def generate_with(
+    params: NestParams,
+    prompt: str | Sequence[dict[str, str]],
+    passages: list[ScoredPassage] | None,
+    overrides: dict[str, Any],
+) -> NestResult:
+    """Load (first time) and generate: the unit of work async methods hand to a worker thread."""
+    return params._engine().generate(prompt, passages=passages, **overrides)
+
+
 def _child(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> CallbackManager | None:
     """Callbacks for the first-stage retrieval, traced as a child of the model run."""
     if run_manager is None:

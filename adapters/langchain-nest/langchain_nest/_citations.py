@@ -11,8 +11,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.block_translators import register_translator
+from langchain_core.messages.content import Annotation, ContentBlock, create_citation, create_text_block
 from langchain_core.messages.content import Citation as LCCitation
-from langchain_core.messages.content import ContentBlock, create_citation, create_text_block
 
 from nest_integrations import Citation
 
@@ -57,7 +57,7 @@ def _text_of(message: AIMessage | AIMessageChunk) -> str:
 
 
 def _translate(message: AIMessage | AIMessageChunk) -> list[ContentBlock]:
-    annotations = [to_annotation(c) for c in message.response_metadata.get("citations") or []]
+    annotations: list[Annotation] = [to_annotation(c) for c in message.response_metadata.get("citations") or []]
     block = create_text_block(_text_of(message), id="nest-text", annotations=annotations or None, index=0)
     return [block]
 

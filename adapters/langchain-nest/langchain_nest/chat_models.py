@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -13,7 +14,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 
 from nest_integrations import NestResult, ScoredPassage
 
-from ._base import NestParams, citations_payload, iterate_in_thread, result_metadata, usage
+from ._base import NestParams, citations_payload, generate_with, iterate_in_thread, result_metadata, usage
 from ._citations import PROVIDER
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
@@ -93,7 +94,7 @@ class ChatNest(NestParams, BaseChatModel):
     def _message(self, result: NestResult) -> AIMessage:
         metadata = result_metadata(result, self.model_name)
         metadata["citations"] = citations_payload(result.citations)
-        return AIMessage(content=result.text, response_metadata=metadata, usage_metadata=usage(result))  # type: ignore[arg-type]
+        return AIMessage(content=result.text, response_metadata=metadata, usage_metadata=usage(result))
 
     def _chunks(
         self, messages: Sequence[BaseMessage], passages: list[ScoredPassage] | None, overrides: dict[str, Any]
@@ -108,7 +109,7 @@ class ChatNest(NestParams, BaseChatModel):
                 message=AIMessageChunk(
                     content=piece.text,
                     response_metadata=metadata,
-                    usage_metadata=usage(piece.result),  # type: ignore[arg-type]
+                    usage_metadata=usage(piece.result),
                     chunk_position="last",
                 ),
                 generation_info={"finish_reason": piece.result.finish_reason},
@@ -149,8 +150,9 @@ class ChatNest(NestParams, BaseChatModel):
         passages = await self._apassages(self._query(messages), run_manager)
         overrides = self._overrides(stop, kwargs)
         engine_messages = to_engine_messages(messages)
+        # The first call loads the model: that too happens off the event loop.
         result = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self._engine().generate(engine_messages, passages=passages, **overrides)
+            None, partial(generate_with, self, engine_messages, passages, overrides)
         )
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 

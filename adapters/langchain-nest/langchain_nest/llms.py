@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -12,7 +13,7 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 from nest_integrations import NestResult, ScoredPassage
 
-from ._base import NestParams, citations_payload, iterate_in_thread, result_metadata, usage
+from ._base import NestParams, citations_payload, generate_with, iterate_in_thread, result_metadata, usage
 
 
 class NestLLM(NestParams, BaseLLM):
@@ -66,9 +67,8 @@ class NestLLM(NestParams, BaseLLM):
         generations = []
         for prompt in prompts:
             passages = await self._apassages(prompt, run_manager)
-            result = await loop.run_in_executor(
-                None, lambda p=prompt, ps=passages: self._engine().generate(p, passages=ps, **overrides)
-            )
+            # The first call loads the model: that too happens off the event loop.
+            result = await loop.run_in_executor(None, partial(generate_with, self, prompt, passages, overrides))
             generations.append([self._generation(result)])
         return LLMResult(generations=generations)
 

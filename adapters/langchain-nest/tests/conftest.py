@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from langchain_core.documents import Document
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_nest import NestEmbeddings
 
+from langchain_nest import NestEmbeddings
 from nest_integrations import default_corpus
 from nest_integrations.index import chunk_documents
 

@@ -12,6 +12,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
+
 from langchain_nest import ChatNest, NestLLM, create_nest_tool
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_nest import ChatNest, NestEmbeddings
 
+from langchain_nest import ChatNest, NestEmbeddings
 from nest_integrations import default_corpus
 from nest_integrations.index import chunk_documents
 

@@ -1,8 +1,9 @@
 """langchain-tests standard integration suite for ChatNest, on the embedded model."""
 
 import pytest
-from langchain_nest import ChatNest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from langchain_nest import ChatNest
 
 pytestmark = pytest.mark.slow
 

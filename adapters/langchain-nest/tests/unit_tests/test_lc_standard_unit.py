@@ -1,7 +1,8 @@
 """langchain-tests standard unit suite for ChatNest (no generation: construction and parameters)."""
 
-from langchain_nest import ChatNest
 from langchain_tests.unit_tests import ChatModelUnitTests
+
+from langchain_nest import ChatNest
 
 
 class TestChatNestUnit(ChatModelUnitTests):
