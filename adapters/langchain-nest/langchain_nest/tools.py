@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from langchain_core.messages import BaseMessage
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
@@ -25,6 +26,12 @@ def format_with_sources(text: str, citations: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _content_and_artifact(msg: BaseMessage) -> tuple[str, dict[str, Any]]:
+    citations = msg.response_metadata.get("citations", [])
+    artifact = {"answer": msg.text, "citations": citations, "stats": msg.response_metadata.get("nest", {})}
+    return format_with_sources(msg.text, citations), artifact
+
+
 def create_nest_tool(
     llm: ChatNest,
     name: str = "grounded_answer",
@@ -38,21 +45,17 @@ def create_nest_tool(
     The artifact is ``{"answer": str, "citations": [engine citation fields], "stats": {...}}``.
     """
 
-    def answer(question: str) -> tuple[str, dict[str, Any]]:
+    def check(question: str) -> None:
         if not question.strip():
             raise ValueError("The question is empty.")
-        msg = llm.invoke(question)
-        citations = msg.response_metadata.get("citations", [])
-        artifact = {"answer": msg.text, "citations": citations, "stats": msg.response_metadata.get("nest", {})}
-        return format_with_sources(msg.text, citations), artifact
+
+    def answer(question: str) -> tuple[str, dict[str, Any]]:
+        check(question)
+        return _content_and_artifact(llm.invoke(question))
 
     async def aanswer(question: str) -> tuple[str, dict[str, Any]]:
-        if not question.strip():
-            raise ValueError("The question is empty.")
-        msg = await llm.ainvoke(question)
-        citations = msg.response_metadata.get("citations", [])
-        artifact = {"answer": msg.text, "citations": citations, "stats": msg.response_metadata.get("nest", {})}
-        return format_with_sources(msg.text, citations), artifact
+        check(question)
+        return _content_and_artifact(await llm.ainvoke(question))
 
     return StructuredTool.from_function(
         func=answer,

@@ -181,3 +181,16 @@ def test_agent_tool_returns_answer_and_citations_artifact(llm, docs_by_id) -> No
         assert artifact["answer"][c["output_start"] : c["output_end"]] == c["quote"]
         assert c["quote"] in docs_by_id[c["passage_id"]]
     assert tool.args_schema.model_json_schema()["required"] == ["question"]
+
+
+def test_output_version_v1_puts_annotations_in_content(vectorstore) -> None:
+    llm = ChatNest(retriever=vectorstore.as_retriever(search_kwargs={"k": 20}), max_tokens=48, output_version="v1")
+    msg = llm.invoke(QUESTION)
+    assert isinstance(msg.content, list) and msg.content[0]["type"] == "text"
+    cits = msg.content[0].get("annotations", [])
+    assert cits and all(msg.text[c["start_index"] : c["end_index"]] == c["cited_text"] for c in cits)
+    streamed = None
+    for chunk in llm.stream(QUESTION):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed.text == msg.text
+    assert [c["cited_text"] for c in streamed.content_blocks[0]["annotations"]] == [c["cited_text"] for c in cits]
