@@ -35,7 +35,14 @@ class NestConfig(BaseModel):
     # Relative Retrieval Confidence and mixture.
     alpha: float = Field(0.3, ge=0.0, le=1.0, description="RRC offset.")
     tau: float = Field(0.1, gt=0.0, description="RRC temperature.")
-    lm_temperature: float = Field(0.7, gt=0.0, description="Temperature of p_LM inside the mixture.")
+    lm_temperature: float = Field(
+        0.7,
+        gt=0.0,
+        description=(
+            "Temperature of p_LM inside the mixture (official code: 0.7). It applies with retrieval off too, "
+            "so that retrieval off and lambda = 1 decode alike; greedy output is unaffected by it."
+        ),
+    )
     fixed_lambda: float | None = Field(
         None, ge=0.0, le=1.0, description="Use this lambda instead of RRC (1.0 turns retrieval off)."
     )
