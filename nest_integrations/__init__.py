@@ -3,7 +3,7 @@
 from .citations import Citation, NestResult, NestStats
 from .config import NestConfig
 from .corpus import default_corpus, read_documents
-from .engine import NestChunk, NestEngine, PromptTooLongError, shared_engine
+from .engine import NestChunk, NestEngine, PromptTooLongError, ashared_engine, shared_engine
 from .index import build_index, default_retriever, load_index
 from .lm import LoadedLM, ModelNotFoundError, load_lm
 from .passages import Document, HybridRetriever, Passage, PassageRetriever, ScoredPassage, StaticRetriever
@@ -28,6 +28,7 @@ __all__ = [
     "PromptTooLongError",
     "ScoredPassage",
     "StaticRetriever",
+    "ashared_engine",
     "build_index",
     "default_corpus",
     "default_retriever",

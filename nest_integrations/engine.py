@@ -6,14 +6,17 @@ their spans complete, and the final result). The math and the loop live elsewher
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .async_utils import iterate_in_thread
 from .citations import Citation, NestResult, NestStats, Provenance, build_citations, clip_citations
 from .config import NestConfig
 from .decoding import NestDecoder
@@ -120,6 +123,30 @@ class NestEngine:
         max_new = min(cfg.max_new_tokens, room)  # documented: generation stops at the context limit
         with self._lock:
             yield from self._stream_locked(messages, prompt_ids, max_new, cfg, passages, query)
+
+    async def astream(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        passages: Sequence[Passage | ScoredPassage] | None = None,
+        query: str | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[NestChunk]:
+        """:meth:`stream` for asyncio: decoding runs in a worker thread, never on the event loop."""
+        async for chunk in iterate_in_thread(lambda: self.stream(prompt, passages=passages, query=query, **overrides)):
+            yield chunk
+
+    async def agenerate(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        passages: Sequence[Passage | ScoredPassage] | None = None,
+        query: str | None = None,
+        **overrides: Any,
+    ) -> NestResult:
+        """:meth:`generate` for asyncio, in a worker thread."""
+        call = partial(self.generate, prompt, passages=passages, query=query, **overrides)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def retrieve(self, query: str, k: int | None = None) -> list[ScoredPassage]:
         """Run the first stage alone."""
@@ -241,6 +268,15 @@ def _finish_stats(
     stats.decoding_seconds = seconds
     stats.tokens_per_second = len(tokens) / seconds if seconds > 0 else 0.0
     return stats
+
+
+async def ashared_engine(
+    model: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | None = None
+) -> NestEngine:
+    """:func:`shared_engine` for asyncio: the first load (seconds) happens off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(
+        None, partial(shared_engine, model, device=device, dtype=dtype)
+    )
 
 
 _SHARED_ENGINES: dict[tuple[str, str | None, str | None], NestEngine] = {}

@@ -6,6 +6,7 @@ anything else is a Hugging Face model id or a local path. Decoding is not done h
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import threading
@@ -130,6 +131,20 @@ def load_lm(
         lm: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
     lm = lm.to(dev).eval()
     return LoadedLM(model=lm, tokenizer=tokenizer, name=name, device=dev, dtype=dt)
+
+
+@functools.lru_cache(maxsize=32)
+def context_length_of(model: str = DEFAULT_MODEL) -> int:
+    """The model's context window, read from its metadata without loading weights (cached)."""
+    if model == DEFAULT_MODEL:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(find_embedded_gguf()).fields
+        key = next((k for k in fields if k.endswith(".context_length")), None)
+        return int(fields[key].contents()) if key else 2048
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None) or 2048)
 
 
 def load_tokenizer(model: str = DEFAULT_MODEL) -> Any:

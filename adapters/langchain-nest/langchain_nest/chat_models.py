@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -12,9 +10,9 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
-from nest_integrations import NestResult, ScoredPassage
+from nest_integrations import NestChunk, NestResult
 
-from ._base import NestParams, citations_payload, generate_with, iterate_in_thread, result_metadata, usage
+from ._base import NestParams, citations_payload, result_metadata, usage
 from ._citations import PROVIDER
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
@@ -96,24 +94,21 @@ class ChatNest(NestParams, BaseChatModel):
         metadata["citations"] = citations_payload(result.citations)
         return AIMessage(content=result.text, response_metadata=metadata, usage_metadata=usage(result))
 
-    def _chunks(
-        self, messages: Sequence[BaseMessage], passages: list[ScoredPassage] | None, overrides: dict[str, Any]
-    ) -> Iterator[ChatGenerationChunk]:
-        for piece in self._engine().stream(to_engine_messages(messages), passages=passages, **overrides):
-            metadata: dict[str, Any] = {"model_provider": PROVIDER, "citations": citations_payload(piece.citations)}
-            if piece.result is None:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=piece.text, response_metadata=metadata))
-                continue
-            metadata.update(result_metadata(piece.result, self.model_name))
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(
-                    content=piece.text,
-                    response_metadata=metadata,
-                    usage_metadata=usage(piece.result),
-                    chunk_position="last",
-                ),
-                generation_info={"finish_reason": piece.result.finish_reason},
-            )
+    def _chunk(self, piece: NestChunk) -> ChatGenerationChunk:
+        """One engine chunk as a LangChain chunk; the last one carries usage and the NEST stats."""
+        metadata: dict[str, Any] = {"model_provider": PROVIDER, "citations": citations_payload(piece.citations)}
+        if piece.result is None:
+            return ChatGenerationChunk(message=AIMessageChunk(content=piece.text, response_metadata=metadata))
+        metadata.update(result_metadata(piece.result, self.model_name))
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=piece.text,
+                response_metadata=metadata,
+                usage_metadata=usage(piece.result),
+                chunk_position="last",
+            ),
+            generation_info={"finish_reason": piece.result.finish_reason},
+        )
 
     # LangChain interface -------------------------------------------------------------------------
 
@@ -138,7 +133,10 @@ class ChatNest(NestParams, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         passages = self._passages(self._query(messages), run_manager)
-        yield from self._chunks(messages, passages, self._overrides(stop, kwargs))
+        for piece in self._engine().stream(
+            to_engine_messages(messages), passages=passages, **self._overrides(stop, kwargs)
+        ):
+            yield self._chunk(piece)
 
     async def _agenerate(
         self,
@@ -148,11 +146,9 @@ class ChatNest(NestParams, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         passages = await self._apassages(self._query(messages), run_manager)
-        overrides = self._overrides(stop, kwargs)
-        engine_messages = to_engine_messages(messages)
-        # The first call loads the model: that too happens off the event loop.
-        result = await asyncio.get_running_loop().run_in_executor(
-            None, partial(generate_with, self, engine_messages, passages, overrides)
+        engine = await self._aengine()
+        result = await engine.agenerate(
+            to_engine_messages(messages), passages=passages, **self._overrides(stop, kwargs)
         )
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
@@ -164,6 +160,8 @@ class ChatNest(NestParams, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         passages = await self._apassages(self._query(messages), run_manager)
-        overrides = self._overrides(stop, kwargs)
-        async for chunk in iterate_in_thread(lambda: self._chunks(messages, passages, overrides)):
-            yield chunk
+        engine = await self._aengine()
+        async for piece in engine.astream(
+            to_engine_messages(messages), passages=passages, **self._overrides(stop, kwargs)
+        ):
+            yield self._chunk(piece)

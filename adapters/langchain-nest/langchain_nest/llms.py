@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
-from functools import partial
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
-from nest_integrations import NestResult, ScoredPassage
+from nest_integrations import NestChunk, NestResult
 
-from ._base import NestParams, citations_payload, generate_with, iterate_in_thread, result_metadata, usage
+from ._base import NestParams, citations_payload, result_metadata, usage
 
 
 class NestLLM(NestParams, BaseLLM):
@@ -32,14 +30,11 @@ class NestLLM(NestParams, BaseLLM):
         info.update(citations=citations_payload(result.citations), usage=usage(result))
         return Generation(text=result.text, generation_info=info)
 
-    def _chunks(
-        self, prompt: str, passages: list[ScoredPassage] | None, overrides: dict[str, Any]
-    ) -> Iterator[GenerationChunk]:
-        for piece in self._engine().stream(prompt, passages=passages, **overrides):
-            info: dict[str, Any] = {"citations": citations_payload(piece.citations)}
-            if piece.result is not None:
-                info.update(result_metadata(piece.result, self.model_name), usage=usage(piece.result))
-            yield GenerationChunk(text=piece.text, generation_info=info)
+    def _chunk(self, piece: NestChunk) -> GenerationChunk:
+        info: dict[str, Any] = {"citations": citations_payload(piece.citations)}
+        if piece.result is not None:
+            info.update(result_metadata(piece.result, self.model_name), usage=usage(piece.result))
+        return GenerationChunk(text=piece.text, generation_info=info)
 
     def _generate(
         self,
@@ -63,13 +58,11 @@ class NestLLM(NestParams, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         overrides = self._overrides(stop, kwargs)
-        loop = asyncio.get_running_loop()
+        engine = await self._aengine()
         generations = []
         for prompt in prompts:
             passages = await self._apassages(prompt, run_manager)
-            # The first call loads the model: that too happens off the event loop.
-            result = await loop.run_in_executor(None, partial(generate_with, self, prompt, passages, overrides))
-            generations.append([self._generation(result)])
+            generations.append([self._generation(await engine.agenerate(prompt, passages=passages, **overrides))])
         return LLMResult(generations=generations)
 
     def _stream(
@@ -80,7 +73,8 @@ class NestLLM(NestParams, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         passages = self._passages(prompt, run_manager)
-        for chunk in self._chunks(prompt, passages, self._overrides(stop, kwargs)):
+        for piece in self._engine().stream(prompt, passages=passages, **self._overrides(stop, kwargs)):
+            chunk = self._chunk(piece)
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
@@ -93,8 +87,9 @@ class NestLLM(NestParams, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         passages = await self._apassages(prompt, run_manager)
-        overrides = self._overrides(stop, kwargs)
-        async for chunk in iterate_in_thread(lambda: self._chunks(prompt, passages, overrides)):
+        engine = await self._aengine()
+        async for piece in engine.astream(prompt, passages=passages, **self._overrides(stop, kwargs)):
+            chunk = self._chunk(piece)
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk

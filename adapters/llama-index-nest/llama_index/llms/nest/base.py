@@ -1,0 +1,236 @@
+"""NestLLM: NEST as a LlamaIndex LLM; citations and stats ride on the response's ``raw``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import ConfigDict, Field
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.schema import QueryBundle
+
+from nest_integrations import NestConfig, NestEngine, NestResult, ScoredPassage, ashared_engine, shared_engine
+from nest_integrations.lm import DEFAULT_MODEL, EMBEDDED_MODEL_NAME, context_length_of
+
+from .retrievers import nodes_to_passages
+
+Prompt = str | list[dict[str, str]]
+
+
+def _raw(result: NestResult) -> dict[str, Any]:
+    prompt, output = result.stats.prompt_tokens, result.stats.tokens_generated
+    return {
+        "nest": result.model_dump(mode="json", exclude={"passages"}),
+        "usage": {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output},
+    }
+
+
+def _engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role.value, "content": m.content or ""} for m in messages]
+
+
+class NestLLM(CustomLLM):
+    """Grounded generation with Nearest Neighbor Speculative Decoding, as a LlamaIndex LLM.
+
+    ``response.raw["nest"]`` is the engine's ``NestResult`` as JSON (text, citations, stats)
+    and ``response.raw["usage"]`` the token counts; ``additional_kwargs["citations"]`` repeats
+    the citations. With ``retriever`` set, that retriever is NEST's first stage; without it,
+    NEST decodes without retrieval (use :class:`NestQueryEngine` to cite an index's nodes).
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.llms.nest import NestLLM
+
+            llm = NestLLM(retriever=index.as_retriever(similarity_top_k=20))
+            print(llm.complete("Tell me about Robert Boulter.").raw["nest"]["citations"])
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str = Field(default=DEFAULT_MODEL, description="'default' (embedded SmolLM2), an HF id or a local path.")
+    retriever: BaseRetriever | None = Field(default=None, description="First stage (any LlamaIndex retriever).")
+    nest_config: NestConfig = Field(default_factory=NestConfig, description="NEST hyperparameters.")
+    temperature: float = Field(default=0.0, ge=0.0, description="0: greedy; above 0: sampling at this temperature.")
+    max_tokens: int | None = Field(default=None, description="Maximum new tokens (default: nest_config's).")
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "NestLLM"
+
+    @property
+    def model_name(self) -> str:
+        return EMBEDDED_MODEL_NAME if self.model == DEFAULT_MODEL else self.model
+
+    def _engine(self) -> NestEngine:
+        """Loaded on first use; shared by every NestLLM of the same model in the process."""
+        return shared_engine(self.model, device=self.device, dtype=self.dtype)
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            context_window=context_length_of(self.model),
+            num_output=self.max_tokens or self.nest_config.max_new_tokens,
+            is_chat_model=True,
+            model_name=self.model_name,
+        )
+
+    def _overrides(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"stop": list(dict.fromkeys([*(self.stop or []), *(kwargs.get("stop") or [])]))}
+        if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
+            out["max_new_tokens"] = max_tokens
+        temperature = kwargs.get("temperature", self.temperature)
+        out.update(do_sample=True, temperature=temperature) if temperature else out.update(do_sample=False)
+        for name in ("top_p", "seed"):
+            if (value := kwargs.get(name, getattr(self, name))) is not None:
+                out[name] = value
+        return out
+
+    def _passages(self, query: str, kwargs: dict[str, Any]) -> list[ScoredPassage] | None:
+        """Passages given by the caller (``nest_passages``), else from the retriever, else None."""
+        if (given := kwargs.get("nest_passages")) is not None:
+            return list(given)
+        if self.retriever is None:
+            return None
+        return nodes_to_passages(self.retriever.retrieve(QueryBundle(query)))
+
+    @staticmethod
+    def _query_of(prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        users = [m["content"] for m in prompt if m["role"] == "user" and m["content"].strip()]
+        return users[-1] if users else prompt[-1]["content"]
+
+    def _run(self, prompt: Prompt, kwargs: dict[str, Any]) -> NestResult:
+        passages = self._passages(self._query_of(prompt), kwargs)
+        return self._engine().generate(prompt, passages=passages, **self._overrides(kwargs))
+
+    async def _arun(self, prompt: Prompt, kwargs: dict[str, Any]) -> NestResult:
+        passages = await self._apassages(self._query_of(prompt), kwargs)
+        engine = await ashared_engine(self.model, device=self.device, dtype=self.dtype)
+        return await engine.agenerate(prompt, passages=passages, **self._overrides(kwargs))
+
+    async def _apassages(self, query: str, kwargs: dict[str, Any]) -> list[ScoredPassage] | None:
+        if (given := kwargs.get("nest_passages")) is not None:
+            return list(given)
+        if self.retriever is None:
+            return None
+        return nodes_to_passages(await self.retriever.aretrieve(QueryBundle(query)))
+
+    async def _astream(
+        self, prompt: Prompt, kwargs: dict[str, Any]
+    ) -> AsyncIterator[tuple[str, str, NestResult | None]]:
+        passages = await self._apassages(self._query_of(prompt), kwargs)
+        engine = await ashared_engine(self.model, device=self.device, dtype=self.dtype)
+        text = ""
+        async for piece in engine.astream(prompt, passages=passages, **self._overrides(kwargs)):
+            text += piece.text
+            yield text, piece.text, piece.result
+
+    def _stream(self, prompt: Prompt, kwargs: dict[str, Any]) -> Iterator[tuple[str, str, NestResult | None]]:
+        """(text so far, delta, final result on the last item)."""
+        passages = self._passages(self._query_of(prompt), kwargs)
+        text = ""
+        for piece in self._engine().stream(prompt, passages=passages, **self._overrides(kwargs)):
+            text += piece.text
+            yield text, piece.text, piece.result
+
+    # Completion --------------------------------------------------------------------------------
+
+    def _completion(self, result: NestResult) -> CompletionResponse:
+        raw = _raw(result)
+        return CompletionResponse(text=result.text, raw=raw, additional_kwargs={"citations": raw["nest"]["citations"]})
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._completion(self._run(prompt, kwargs))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        def gen() -> CompletionResponseGen:
+            for text, delta, result in self._stream(prompt, kwargs):
+                response = self._completion(result) if result is not None else CompletionResponse(text=text)
+                response.text, response.delta = text, delta
+                yield response
+
+        return gen()
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._completion(await self._arun(prompt, kwargs))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        async def gen() -> CompletionResponseAsyncGen:
+            async for text, delta, result in self._astream(prompt, kwargs):
+                response = self._completion(result) if result is not None else CompletionResponse(text=text)
+                response.text, response.delta = text, delta
+                yield response
+
+        return gen()
+
+    # Chat (through the tokenizer's chat template) ------------------------------------------------
+
+    def _chat(self, result: NestResult) -> ChatResponse:
+        raw = _raw(result)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=result.text),
+            raw=raw,
+            additional_kwargs={"citations": raw["nest"]["citations"]},
+        )
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat(self._run(_engine_messages(messages), kwargs))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        def gen() -> ChatResponseGen:
+            for text, delta, result in self._stream(_engine_messages(messages), kwargs):
+                response = (
+                    self._chat(result)
+                    if result is not None
+                    else ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+                )
+                response.message.content, response.delta = text, delta
+                yield response
+
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat(await self._arun(_engine_messages(messages), kwargs))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        prompt = _engine_messages(messages)
+
+        async def gen() -> ChatResponseAsyncGen:
+            async for text, delta, result in self._astream(prompt, kwargs):
+                response = (
+                    self._chat(result)
+                    if result is not None
+                    else ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+                )
+                response.message.content, response.delta = text, delta
+                yield response
+
+        return gen()

@@ -1,0 +1,74 @@
+"""Bridge LlamaIndex nodes and retrievers to the NEST engine's first stage.
+
+``NodeWithScore`` -> scored ``Passage`` (node id, text, metadata, ref doc id, score, and the
+node's char range in its document when LlamaIndex recorded it). Non-text nodes are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+from nest_integrations import Passage, ScoredPassage
+
+log = logging.getLogger(__name__)
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+def node_to_passage(nws: NodeWithScore) -> Passage | None:
+    """A passage for a text node, or None (with a debug log) for image or empty nodes."""
+    node = nws.node
+    if not isinstance(node, TextNode) or type(node).__name__ == "ImageNode":
+        log.debug("skipping non-text node %s (%s)", node.node_id, type(node).__name__)
+        return None
+    text = node.get_content(metadata_mode=MetadataMode.NONE)
+    if not text.strip():
+        log.debug("skipping empty node %s", node.node_id)
+        return None
+    meta = _json_safe(dict(node.metadata or {}))
+    start, end = node.start_char_idx, node.end_char_idx
+    exact = isinstance(start, int) and isinstance(end, int) and end - start == len(text) and start >= 0
+    return Passage(
+        id=node.node_id,
+        text=text,
+        title=str(meta.get("title") or meta.get("file_name") or ""),
+        metadata=meta,
+        document_id=node.ref_doc_id,
+        start=start if exact else None,
+        end=end if exact else None,
+    )
+
+
+def nodes_to_passages(nodes: Sequence[NodeWithScore]) -> list[ScoredPassage]:
+    """Scored passages in retrieval order (score from the node, else by rank)."""
+    out = []
+    for rank, nws in enumerate(nodes):
+        passage = node_to_passage(nws)
+        if passage is not None:
+            score = float(nws.score) if nws.score is not None else float(len(nodes) - rank)
+            out.append(ScoredPassage(passage=passage, score=score))
+    return out
+
+
+class LlamaIndexPassageRetriever:
+    """Any LlamaIndex ``BaseRetriever`` as the engine's ``PassageRetriever``."""
+
+    def __init__(self, retriever: BaseRetriever) -> None:
+        self.retriever = retriever
+
+    def retrieve(self, query: str, k: int) -> list[ScoredPassage]:
+        return nodes_to_passages(self.retriever.retrieve(QueryBundle(query)))[:k]
