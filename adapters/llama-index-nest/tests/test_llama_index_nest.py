@@ -13,7 +13,7 @@ from llama_index.core.instrumentation.events.llm import LLMCompletionEndEvent, L
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 from llama_index.core.tools import QueryEngineTool
 
-from llama_index.llms.nest import NestLLM, NestQueryEngine, nodes_to_passages
+from llama_index.llms.nest import LlamaIndexPassageRetriever, NestLLM, NestQueryEngine, nodes_to_passages
 
 pytestmark = pytest.mark.slow
 QUESTION = "Tell me about Robert Boulter."
@@ -140,3 +140,16 @@ def test_query_engine_tool_for_agents(engine) -> None:
     output = tool.call(QUESTION)
     assert output.content.strip()
     assert output.raw_output.metadata["citations"]
+
+
+def test_nest_llm_with_its_own_retriever_and_the_engine_bridge(corpus_index, documents) -> None:
+    llm = NestLLM(retriever=corpus_index.as_retriever(similarity_top_k=20), max_tokens=48)
+    response = llm.complete(QUESTION)
+    citations = response.raw["nest"]["citations"]
+    assert citations and response.additional_kwargs["citations"] == citations
+    for c in citations:
+        assert response.text[c["output_start"] : c["output_end"]] == c["quote"]
+        assert documents[c["document_id"]][c["document_start"] : c["document_end"]] == c["quote"]
+    bridge = LlamaIndexPassageRetriever(corpus_index.as_retriever(similarity_top_k=5))
+    hits = bridge.retrieve(QUESTION, k=3)
+    assert len(hits) == 3 and hits[0].passage.document_id == "Robert_Boulter"

@@ -194,3 +194,15 @@ def test_output_version_v1_puts_annotations_in_content(vectorstore) -> None:
         streamed = chunk if streamed is None else streamed + chunk
     assert streamed.text == msg.text
     assert [c["cited_text"] for c in streamed.content_blocks[0]["annotations"]] == [c["cited_text"] for c in cits]
+
+
+def test_engine_bridge_uses_any_langchain_retriever(vectorstore) -> None:
+    from langchain_nest import LangChainPassageRetriever
+    from nest_integrations import shared_engine
+
+    bridge = LangChainPassageRetriever(vectorstore.as_retriever(search_kwargs={"k": 20}))
+    hits = bridge.retrieve(QUESTION, k=5)
+    assert len(hits) == 5 and hits[0].passage.document_id == "Robert_Boulter"
+    assert hits[0].passage.start is not None  # start_index from the documents' metadata
+    result = shared_engine().generate(QUESTION, passages=bridge.retrieve(QUESTION, k=20), max_new_tokens=32)
+    assert result.citations
