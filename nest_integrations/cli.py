@@ -77,6 +77,40 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .engine import NestEngine
+    from .index import default_retriever, load_index
+    from .lm import load_lm
+    from .server.openai_api import ServerLimits, create_app
+
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise RuntimeError('`nest serve` needs the "serve" extra: pip install "nest-integrations[serve]"') from e
+    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
+    retriever = load_index(args.index) if args.index else default_retriever(tokenizer=lm.tokenizer)
+    engine = NestEngine(lm, retriever=retriever)
+    limits = ServerLimits(max_tokens=args.max_tokens_limit, max_waiting=args.max_queue)
+    app = create_app(engine, api_key=args.api_key or os.environ.get("NEST_API_KEY"), limits=limits)
+    # uvicorn finishes in-flight requests on SIGTERM/SIGINT, up to the graceful timeout.
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.graceful_timeout)
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from .engine import NestEngine
+    from .index import default_retriever, load_index
+    from .lm import load_lm
+    from .server.mcp_server import create_mcp_server
+
+    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
+    retriever = load_index(args.index) if args.index else default_retriever(tokenizer=lm.tokenizer, progress=False)
+    create_mcp_server(NestEngine(lm, retriever=retriever)).run("stdio")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nest", description="Grounded, cited generation with NEST.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="default", help="count passage tokens with this model's tokenizer ('none': an estimate)"
     )
     index.set_defaults(func=_index)
+    serve = sub.add_parser("serve", help="serve an OpenAI-compatible API (needs the 'serve' extra)")
+    serve.add_argument("--index", type=Path, help="index directory from `nest index` (default: the built-in corpus)")
+    serve.add_argument("--model", default="default")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require this bearer token (default: $NEST_API_KEY, else none)")
+    serve.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
+    serve.add_argument("--max-queue", type=int, default=8, help="requests that may wait; more get 429")
+    serve.add_argument("--graceful-timeout", type=int, default=30, help="seconds to finish in-flight requests")
+    serve.add_argument("--device")
+    serve.add_argument("--dtype")
+    serve.set_defaults(func=_serve)
+
+    mcp = sub.add_parser("mcp", help="run an MCP server on stdio (needs the 'serve' extra)")
+    mcp.add_argument("--index", type=Path, help="index directory from `nest index` (default: the built-in corpus)")
+    mcp.add_argument("--model", default="default")
+    mcp.add_argument("--device")
+    mcp.add_argument("--dtype")
+    mcp.set_defaults(func=_mcp)
     return parser
 
 

@@ -113,16 +113,22 @@ class NestEngine:
         """
         cfg = NestConfig.model_validate({**self.config.model_dump(), **overrides}) if overrides else self.config
         messages = normalize_messages(prompt)
-        prompt_ids = build_prompt_ids(self.lm.tokenizer, messages)
-        room = self.lm.context_length - len(prompt_ids)
-        if room < 1:
-            raise PromptTooLongError(
-                f"The prompt is {len(prompt_ids)} tokens but {self.lm.name} has a context of "
-                f"{self.lm.context_length} tokens; shorten it."
-            )
-        max_new = min(cfg.max_new_tokens, room)  # documented: generation stops at the context limit
+        prompt_ids = self.prompt_ids(messages)
+        max_new = min(
+            cfg.max_new_tokens, self.lm.context_length - len(prompt_ids)
+        )  # documented: generation stops at the context limit
         with self._lock:
             yield from self._stream_locked(messages, prompt_ids, max_new, cfg, passages, query)
+
+    def prompt_ids(self, prompt: str | Sequence[Message]) -> list[int]:
+        """The prompt's token ids (chat template applied); raises if it does not fit the context."""
+        ids = build_prompt_ids(self.lm.tokenizer, normalize_messages(prompt))
+        if len(ids) >= self.lm.context_length:
+            raise PromptTooLongError(
+                f"The prompt is {len(ids)} tokens but {self.lm.name} has a context of "
+                f"{self.lm.context_length} tokens; shorten it."
+            )
+        return ids
 
     async def astream(
         self,

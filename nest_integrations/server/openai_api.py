@@ -1,0 +1,260 @@
+"""OpenAI-compatible HTTP API over a NestEngine: ``/v1/chat/completions`` (JSON and SSE),
+``/v1/models`` and ``/health``. Citations ride on the message as an extension field.
+
+Bodies are read and validated here (size, UTF-8, JSON, schema) so every bad request gets a
+4xx in OpenAI's error format; nothing in a request names a file or a path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+try:  # FastAPI resolves the endpoints' annotations from this module's globals
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError('The server needs the "serve" extra: pip install "nest-integrations[serve]"') from e
+
+from ..engine import NestEngine, PromptTooLongError
+from ..lm import Message
+from .admission import Admission, Busy, TimedOut
+from .schema import ChatCompletionRequest, error_body
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerLimits:
+    """Request limits; requests beyond them get a 4xx, never a slow failure."""
+
+    max_tokens: int = 512
+    max_prompt_chars: int = 32_000
+    max_body_bytes: int = 1_000_000
+    max_waiting: int = 8
+    queue_timeout_s: float = 60.0
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, type_, param, code)
+
+
+def _validation_message(e: ValidationError) -> tuple[str, str | None]:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or None
+    return f"Invalid request: {where or 'body'}: {err['msg']}", where
+
+
+def create_app(engine: NestEngine, *, api_key: str | None = None, limits: ServerLimits | None = None) -> Any:
+    """The FastAPI application serving ``engine``."""
+    limits = limits or ServerLimits()
+    model_id = engine.lm.name
+    admission = Admission(max_waiting=limits.max_waiting, timeout=limits.queue_timeout_s)
+    app = FastAPI(title="nest-integrations", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(exc.detail), code=str(exc.status_code)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")  # the trace goes to the log, never to the client
+        return JSONResponse(error_body("Internal error.", "server_error"), status_code=500)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), api_key.encode()):
+                return JSONResponse(error_body("Missing or invalid API key.", code="invalid_api_key"), status_code=401)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "running": admission.running, "waiting": admission.waiting}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "nest"}]}
+
+    async def read_request(request: Request) -> ChatCompletionRequest:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise ApiError(413, f"Request body is larger than {limits.max_body_bytes} bytes.")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limits.max_body_bytes:
+                raise ApiError(413, f"Request body is larger than {limits.max_body_bytes} bytes.")
+        try:
+            payload = json.loads(bytes(body).decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ApiError(400, "Request body is not valid UTF-8.") from e
+        except json.JSONDecodeError as e:
+            raise ApiError(400, f"Request body is not valid JSON: {e.msg} at position {e.pos}.") from e
+        if not isinstance(payload, dict):
+            raise ApiError(400, "Request body must be a JSON object.")
+        try:
+            req = ChatCompletionRequest.model_validate(payload)
+        except ValidationError as e:
+            message, param = _validation_message(e)
+            raise ApiError(400, message, param=param) from e
+        if req.model != model_id:
+            raise ApiError(
+                404,
+                f"The model {req.model!r} does not exist; this server serves {model_id!r}.",
+                param="model",
+                code="model_not_found",
+            )
+        return req
+
+    def generation_args(req: ChatCompletionRequest) -> tuple[list[Message], dict[str, Any]]:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        if not any(m["content"].strip() for m in messages):
+            raise ApiError(400, "The messages are empty.", param="messages")
+        if sum(len(m["content"]) for m in messages) > limits.max_prompt_chars:
+            raise ApiError(400, f"The messages exceed {limits.max_prompt_chars} characters.", param="messages")
+        max_tokens = req.max_completion_tokens or req.max_tokens or min(limits.max_tokens, engine.config.max_new_tokens)
+        if max_tokens > limits.max_tokens:
+            raise ApiError(400, f"max_tokens must be at most {limits.max_tokens}.", param="max_tokens")
+        try:
+            engine.prompt_ids(messages)
+        except PromptTooLongError as e:
+            raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from e
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ApiError(400, "stop takes at most 4 non-empty strings.", param="stop")
+        overrides: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": stops}
+        if req.temperature:
+            overrides.update(do_sample=True, temperature=req.temperature)
+        else:
+            overrides["do_sample"] = False
+        if req.top_p is not None:
+            overrides["top_p"] = req.top_p
+        if req.seed is not None:
+            overrides["seed"] = req.seed
+        return messages, overrides
+
+    async def admit() -> None:
+        try:
+            await admission.acquire()
+        except Busy as e:
+            raise ApiError(429, "The server is busy; retry later.", type_="rate_limit_error", code="busy") from e
+        except TimedOut as e:
+            raise ApiError(
+                503, "Timed out waiting for the model; retry later.", type_="server_error", code="queue_timeout"
+            ) from e
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req = await read_request(request)
+        messages, overrides = generation_args(req)
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        await admit()
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(engine, admission, messages, overrides, completion_id, created, model_id, include_usage),
+                media_type="text/event-stream",
+            )
+        try:
+            result = await engine.agenerate(messages, **overrides)
+        finally:
+            admission.release()
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": result.text,
+                        "citations": [c.model_dump(mode="json") for c in result.citations],
+                    },
+                    "finish_reason": _finish(result.finish_reason),
+                }
+            ],
+            "usage": _usage(result.stats.prompt_tokens, result.stats.tokens_generated),
+            "nest": result.stats.model_dump(),
+        }
+
+    return app
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _sse(
+    engine: NestEngine,
+    admission: Admission,
+    messages: list[Message],
+    overrides: dict[str, Any],
+    completion_id: str,
+    created: int,
+    model_id: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format; the admission slot is held until the end."""
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+        chunk = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_id,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    try:
+        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        async for piece in engine.astream(messages, **overrides):
+            delta: dict[str, Any] = {"content": piece.text}
+            if piece.citations:
+                delta["citations"] = [c.model_dump(mode="json") for c in piece.citations]
+            if piece.result is None:
+                yield event([{"index": 0, "delta": delta, "finish_reason": None}])
+                continue
+            result = piece.result
+            yield event(
+                [{"index": 0, "delta": delta, "finish_reason": _finish(result.finish_reason)}],
+                nest=result.stats.model_dump(),
+            )
+            if include_usage:
+                yield event([], usage=_usage(result.stats.prompt_tokens, result.stats.tokens_generated))
+        yield "data: [DONE]\n\n"
+    finally:
+        admission.release()

@@ -1,0 +1,242 @@
+"""The OpenAI-compatible server, on loopback, through the official `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from server_harness import running
+
+from nest_integrations.server.openai_api import ServerLimits, create_app
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow
+QUESTION = "Tell me about Robert Boulter."
+KEY = "test-secret-key"
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with running(create_app(engine, limits=ServerLimits(max_tokens=64, max_waiting=4, queue_timeout_s=30))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def model_id(engine) -> str:
+    return engine.lm.name
+
+
+def check_citations(text: str, citations: list[dict], engine) -> None:
+    passages = {p.id: p for p in engine.retriever.passages}
+    assert citations
+    for c in citations:
+        assert text[c["output_start"] : c["output_end"]] == c["quote"]
+        assert passages[c["passage_id"]].text[c["passage_start"] : c["passage_end"]] == c["quote"]
+
+
+def test_openai_client_gets_the_same_cited_answer_streaming_or_not(server, model_id, engine) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    msg = [{"role": "user", "content": QUESTION}]
+    full = client.chat.completions.create(model=model_id, messages=msg, max_tokens=48, temperature=0)
+    text = full.choices[0].message.content
+    check_citations(text, full.choices[0].message.model_extra["citations"], engine)
+    assert full.usage.completion_tokens == full.model_extra["nest"]["tokens_generated"]
+    pieces, citations = [], []
+    stream = client.chat.completions.create(
+        model=model_id, messages=msg, max_tokens=48, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    usage = None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            citations += (choice.delta.model_extra or {}).get("citations") or []
+    assert "".join(pieces) == text
+    assert citations == full.choices[0].message.model_extra["citations"]
+    assert usage is not None and usage.completion_tokens == full.usage.completion_tokens
+    assert [m.id for m in client.models.list().data] == [model_id]
+
+
+def test_auth_rejects_missing_or_wrong_keys_and_reveals_nothing(engine, model_id) -> None:
+    with running(create_app(engine, api_key=KEY)) as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            r = httpx.post(f"{url}/v1/chat/completions", headers=headers, json={"model": model_id, "messages": []})
+            assert r.status_code == 401
+            assert r.json()["error"]["code"] == "invalid_api_key"
+            assert "Boulter" not in r.text and model_id not in r.text
+            assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 401
+        ok = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+        assert ok.status_code == 200
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        reply = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert reply.choices[0].message.content is not None
+
+
+def test_load_of_50_concurrent_requests_completes_or_is_refused_cleanly(server, model_id) -> None:
+    body = {"model": model_id, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8}
+    process = psutil.Process()
+    peak = process.memory_info().rss
+
+    def call(_: int) -> tuple[int, float, str]:
+        start = time.perf_counter()
+        r = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+        return r.status_code, time.perf_counter() - start, r.text
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(call, range(50)))
+        peak = max(peak, process.memory_info().rss)
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 429, 503}, codes
+    assert codes.count(200) >= 1
+    for code, _, text in results:
+        if code != 200:
+            assert json.loads(text)["error"]["message"] and "Traceback" not in text
+    latencies = sorted(t for c, t, _ in results if c == 200)
+    print(
+        f"\nload: 50 requests, 50 concurrent: {codes.count(200)} completed, {codes.count(429)} got 429, "
+        f"{codes.count(503)} got 503; p50 {statistics.median(latencies):.2f}s, "
+        f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:.2f}s; peak RSS {peak / 2**20:.0f} MiB"
+    )
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    ok = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+    assert ok.status_code == 200
+
+
+BAD_BODIES = [
+    b"{not json",
+    b"\xff\xfe\x00garbage",
+    b'"just a string"',
+    b"[]",
+    b"{}",
+]
+
+
+@pytest.mark.parametrize("raw", BAD_BODIES)
+def test_malformed_bodies_get_400(server, raw) -> None:
+    r = httpx.post(f"{server}/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"]
+
+
+def test_named_bad_requests(server, model_id) -> None:
+    def post(**body):
+        return httpx.post(f"{server}/v1/chat/completions", json={"model": model_id, **body}, timeout=60)
+
+    user = [{"role": "user", "content": "Hi"}]
+    cases = {
+        "empty messages": post(messages=[]),
+        "empty content": post(messages=[{"role": "user", "content": "  "}]),
+        "unknown role": post(messages=[{"role": "wizard", "content": "Hi"}]),
+        "negative max_tokens": post(messages=user, max_tokens=-1),
+        "huge max_tokens": post(messages=user, max_tokens=10**9),
+        "temperature too high": post(messages=user, temperature=7),
+        "wrong type": post(messages=user, max_tokens="many"),
+        "huge message": post(messages=[{"role": "user", "content": "x" * 40_000}]),
+        "unknown model": httpx.post(f"{server}/v1/chat/completions", json={"model": "gpt-9", "messages": user}),
+    }
+    for name, r in cases.items():
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        assert r.json()["error"]["message"], name
+    too_big = httpx.post(f"{server}/v1/chat/completions", content=b"x" * 2_000_000)
+    assert too_big.status_code == 413
+    assert httpx.get(f"{server}/v1/files/etc/passwd").status_code == 404
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant", "tool", "", "wizard"]), "content": json_values}
+    ),
+    max_size=3,
+)
+bodies = st.fixed_dictionaries(
+    {"messages": messages | json_values},
+    optional={
+        "model": st.just("SmolLM2-135M-Instruct") | json_values,
+        "max_tokens": st.integers(-5, 10**6) | json_values,
+        "temperature": st.floats(-3, 5) | json_values,
+        "top_p": st.floats(-1, 2) | json_values,
+        "stream": st.booleans() | json_values,
+        "stop": json_values,
+        "n": st.integers(-1, 3),
+    },
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("NEST_FUZZ_EXAMPLES", "120")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(body=bodies | json_values, raw=st.none() | st.binary(max_size=64))
+def test_fuzzed_requests_never_get_a_5xx(fuzz_server, body, raw) -> None:
+    content = raw if raw is not None else json.dumps(body).encode()
+    r = httpx.post(f"{fuzz_server}/v1/chat/completions", content=content, timeout=60)
+    assert r.status_code < 500, (body, raw, r.text)
+    if r.status_code >= 400:
+        assert r.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(engine):
+    # A tiny token budget: requests that happen to be valid finish fast.
+    with running(create_app(engine, limits=ServerLimits(max_tokens=2))) as url:
+        yield url
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, model_id) -> None:
+    """`nest serve` as a real process: SIGTERM while a request runs; the request still completes."""
+    import signal
+    import subprocess
+    import threading
+
+    from server_harness import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nest_integrations.cli", "serve", "--port", str(port), "--graceful-timeout", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.5)
+        body = {"model": model_id, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 128}
+        outcome: dict = {}
+        worker = threading.Thread(
+            target=lambda: outcome.update(r=httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120))
+        )
+        worker.start()
+        while httpx.get(f"{url}/health", timeout=5).json()["running"] == 0:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(timeout=120)
+        assert outcome["r"].status_code == 200 and outcome["r"].json()["choices"][0]["message"]["content"]
+        # uvicorn re-raises the captured SIGTERM once shutdown is complete.
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
