@@ -111,6 +111,23 @@ def _mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench.run import run_benchmark
+
+    rows = run_benchmark(
+        args.out,
+        completion=None if args.full else args.completion,
+        entity=None if args.full else args.entity,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        model=args.model,
+        sweep=args.sweep,
+    )
+    print((args.out / "results.md").read_text(encoding="utf-8"))
+    print(f"Wrote {args.out}/results.md, results.json and results.png ({len(rows)} rows)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nest", description="Grounded, cited generation with NEST.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device")
     serve.add_argument("--dtype")
     serve.set_defaults(func=_serve)
+
+    bench = sub.add_parser("bench", help="compare NEST with plain and in-context RAG decoding (speed, quality)")
+    bench.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
+    bench.add_argument("--completion", type=int, default=50, help="completion prompts (seeded sample)")
+    bench.add_argument("--entity", type=int, default=20, help="entity prompts (seeded sample)")
+    bench.add_argument("--full", action="store_true", help="every prompt of the default corpus")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--model", default="default")
+    bench.add_argument("--sweep", action="store_true", help="also sweep gamma, beta and the number of passages")
+    bench.set_defaults(func=_bench)
 
     mcp = sub.add_parser("mcp", help="run an MCP server on stdio (needs the 'serve' extra)")
     mcp.add_argument("--index", type=Path, help="index directory from `nest index` (default: the built-in corpus)")

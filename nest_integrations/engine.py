@@ -85,11 +85,12 @@ class NestEngine:
         *,
         passages: Sequence[Passage | ScoredPassage] | None = None,
         query: str | None = None,
+        chat: bool | None = None,
         **overrides: Any,
     ) -> NestResult:
         """Answer ``prompt`` (a string or chat messages). See :meth:`stream` for the arguments."""
         result: NestResult | None = None
-        for chunk in self.stream(prompt, passages=passages, query=query, **overrides):
+        for chunk in self.stream(prompt, passages=passages, query=query, chat=chat, **overrides):
             result = chunk.result or result
         assert result is not None
         return result
@@ -100,6 +101,7 @@ class NestEngine:
         *,
         passages: Sequence[Passage | ScoredPassage] | None = None,
         query: str | None = None,
+        chat: bool | None = None,
         **overrides: Any,
     ) -> Iterator[NestChunk]:
         """Stream the answer to ``prompt``.
@@ -109,20 +111,22 @@ class NestEngine:
                 with the tokenizer's chat template.
             passages: use these passages instead of calling the first stage.
             query: what the first stage searches for (default: the last user message).
+            chat: False feeds the text to the LM as it is (text completion) instead of
+                through the chat template; None uses the template when the tokenizer has one.
             **overrides: any :class:`NestConfig` field for this call only (e.g. ``max_new_tokens``).
         """
         cfg = NestConfig.model_validate({**self.config.model_dump(), **overrides}) if overrides else self.config
         messages = normalize_messages(prompt)
-        prompt_ids = self.prompt_ids(messages)
+        prompt_ids = self.prompt_ids(messages, chat=chat)
         max_new = min(
             cfg.max_new_tokens, self.lm.context_length - len(prompt_ids)
         )  # documented: generation stops at the context limit
         with self._lock:
             yield from self._stream_locked(messages, prompt_ids, max_new, cfg, passages, query)
 
-    def prompt_ids(self, prompt: str | Sequence[Message]) -> list[int]:
+    def prompt_ids(self, prompt: str | Sequence[Message], *, chat: bool | None = None) -> list[int]:
         """The prompt's token ids (chat template applied); raises if it does not fit the context."""
-        ids = build_prompt_ids(self.lm.tokenizer, normalize_messages(prompt))
+        ids = build_prompt_ids(self.lm.tokenizer, normalize_messages(prompt), chat=chat)
         if len(ids) >= self.lm.context_length:
             raise PromptTooLongError(
                 f"The prompt is {len(ids)} tokens but {self.lm.name} has a context of "

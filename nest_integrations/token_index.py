@@ -66,6 +66,12 @@ class PassageEncoder:
         self.hits = 0
         self.misses = 0
 
+    def clear(self) -> None:
+        """Forget every cached passage (the on-disk key store is untouched)."""
+        with self._lock:
+            self._cache.clear()
+            self._cache_bytes = 0
+
     def _cache_key(self, p: Passage) -> str:
         return f"{self.lm.name}\x00{p.content_key}"
 

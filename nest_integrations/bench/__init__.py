@@ -1,0 +1,1 @@
+"""The benchmark harness behind ``nest bench``: systems, tasks, metrics and reports side by side."""
