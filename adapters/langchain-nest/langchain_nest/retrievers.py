@@ -10,27 +10,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from nest_integrations import Passage, ScoredPassage
+from nest_integrations.passages.types import json_safe
 
 log = logging.getLogger(__name__)
 
 _SCORE_KEYS = ("relevance_score", "score", "similarity")
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, _JSON_SCALARS):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    return str(value)
 
 
 def document_to_passage(doc: Document) -> Passage | None:
@@ -39,7 +28,7 @@ def document_to_passage(doc: Document) -> Passage | None:
     if not isinstance(text, str) or not text.strip():
         log.debug("skipping a document with empty content: %r", doc.metadata)
         return None
-    meta = _json_safe(dict(doc.metadata or {}))
+    meta = json_safe(dict(doc.metadata or {}))
     pid = doc.id or meta.get("id") or "doc-" + hashlib.sha1(text.encode()).hexdigest()[:16]
     source = meta.get("source")
     start = meta.get("start_index")  # set by LangChain text splitters with add_start_index=True

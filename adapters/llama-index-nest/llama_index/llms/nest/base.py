@@ -159,6 +159,12 @@ class NestLLM(CustomLLM):
         raw = _raw(result)
         return CompletionResponse(text=result.text, raw=raw, additional_kwargs={"citations": raw["nest"]["citations"]})
 
+    def _completion_piece(self, text: str, delta: str, result: NestResult | None) -> CompletionResponse:
+        """A streamed completion: text so far and delta; the last one also carries raw and citations."""
+        response = self._completion(result) if result is not None else CompletionResponse(text=text)
+        response.text, response.delta = text, delta
+        return response
+
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         return self._completion(self._run(prompt, kwargs))
@@ -167,9 +173,7 @@ class NestLLM(CustomLLM):
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         def gen() -> CompletionResponseGen:
             for text, delta, result in self._stream(prompt, kwargs):
-                response = self._completion(result) if result is not None else CompletionResponse(text=text)
-                response.text, response.delta = text, delta
-                yield response
+                yield self._completion_piece(text, delta, result)
 
         return gen()
 
@@ -181,9 +185,7 @@ class NestLLM(CustomLLM):
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         async def gen() -> CompletionResponseAsyncGen:
             async for text, delta, result in self._astream(prompt, kwargs):
-                response = self._completion(result) if result is not None else CompletionResponse(text=text)
-                response.text, response.delta = text, delta
-                yield response
+                yield self._completion_piece(text, delta, result)
 
         return gen()
 
@@ -197,6 +199,15 @@ class NestLLM(CustomLLM):
             additional_kwargs={"citations": raw["nest"]["citations"]},
         )
 
+    def _chat_piece(self, text: str, delta: str, result: NestResult | None) -> ChatResponse:
+        """A streamed chat response: content so far and delta; the last one also carries raw and citations."""
+        if result is not None:
+            response = self._chat(result)
+        else:
+            response = ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+        response.message.content, response.delta = text, delta
+        return response
+
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         return self._chat(self._run(_engine_messages(messages), kwargs))
@@ -205,13 +216,7 @@ class NestLLM(CustomLLM):
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         def gen() -> ChatResponseGen:
             for text, delta, result in self._stream(_engine_messages(messages), kwargs):
-                response = (
-                    self._chat(result)
-                    if result is not None
-                    else ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
-                )
-                response.message.content, response.delta = text, delta
-                yield response
+                yield self._chat_piece(text, delta, result)
 
         return gen()
 
@@ -225,12 +230,6 @@ class NestLLM(CustomLLM):
 
         async def gen() -> ChatResponseAsyncGen:
             async for text, delta, result in self._astream(prompt, kwargs):
-                response = (
-                    self._chat(result)
-                    if result is not None
-                    else ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
-                )
-                response.message.content, response.delta = text, delta
-                yield response
+                yield self._chat_piece(text, delta, result)
 
         return gen()

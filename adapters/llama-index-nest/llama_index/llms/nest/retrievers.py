@@ -8,25 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from nest_integrations import Passage, ScoredPassage
+from nest_integrations.passages.types import json_safe
 
 log = logging.getLogger(__name__)
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, _JSON_SCALARS):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    return str(value)
 
 
 def node_to_passage(nws: NodeWithScore) -> Passage | None:
@@ -39,7 +28,7 @@ def node_to_passage(nws: NodeWithScore) -> Passage | None:
     if not text.strip():
         log.debug("skipping empty node %s", node.node_id)
         return None
-    meta = _json_safe(dict(node.metadata or {}))
+    meta = json_safe(dict(node.metadata or {}))
     start, end = node.start_char_idx, node.end_char_idx
     exact = isinstance(start, int) and isinstance(end, int) and end - start == len(text) and start >= 0
     return Passage(
