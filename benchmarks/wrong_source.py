@@ -20,6 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--per-article", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--span-min-relevance", type=float, default=0.0, help="NestConfig.span_min_relevance")
     args = parser.parse_args()
     lm = load_lm()
     docs = {d.id: d for d in default_corpus()}
@@ -31,7 +32,12 @@ def main() -> None:
         for article in ARTICLES:
             question = f"Tell me about {docs[article].title}."
             given = passages if mode == "given passages" else hybrid.retrieve(question, len(passages))
-            r = engine.generate(question, passages=given, max_new_tokens=args.max_new_tokens)
+            r = engine.generate(
+                question,
+                passages=given,
+                max_new_tokens=args.max_new_tokens,
+                span_min_relevance=args.span_min_relevance,
+            )
             bad = [c for c in r.citations if c.document_id != article]
             total, wrong = total + len(r.citations), wrong + len(bad)
             print(f"[{mode}] {question} {len(bad)}/{len(r.citations)} citations from other articles")

@@ -57,6 +57,16 @@ class NestConfig(BaseModel):
             "'strict': speculative decoding's exact rule, output distribution equals p_M."
         ),
     )
+    span_min_relevance: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Spans start only in passages whose first-stage score, min-max scaled over the retrieved "
+            "passages, is at least this (0 disables; passages without scores all count as 1). "
+            "Beyond the paper: a guard against copying from passages retrieved for other reasons."
+        ),
+    )
     mask_copied: bool = Field(True, description="Mask copied positions so text is not copied twice.")
     # Decoding.
     max_new_tokens: int = Field(128, ge=1, le=32768)

@@ -205,7 +205,12 @@ class NestDecoder:
         if self.index is None or m.nb_idx is None or float(m.lam[0]) >= self.cfg.beta:
             return None
         # The search may predate the masking of the span just copied: skip keys masked since.
-        keys = m.nb_idx[0][~self.index.masked[m.nb_idx[0]]]
+        # Spans start only in passages the first stage found relevant enough.
+        keys = m.nb_idx[0]
+        allowed = ~self.index.masked[keys]
+        if self.cfg.span_min_relevance > 0:
+            allowed &= self.index.relevance[self.index.key_passage[keys]] >= self.cfg.span_min_relevance
+        keys = keys[allowed]
         if not keys.numel():
             return None
         key = int(keys[best_neighbour(m.p_mix[0], self.index.values[keys])])

@@ -186,7 +186,7 @@ class NestEngine:
         t1 = time.perf_counter()
         misses = self.encoder.misses
         encoded = self.encoder.encode([s.passage for s in scored]) if scored else []
-        index = TokenIndex(encoded, self.lm.device) if encoded else None
+        index = TokenIndex(encoded, self.lm.device, [s.score for s in scored]) if encoded else None
         t2 = time.perf_counter()
         stats.first_stage_seconds, stats.token_index_seconds = t1 - t0, t2 - t1
         stats.passages, stats.passages_encoded = len(scored), self.encoder.misses - misses

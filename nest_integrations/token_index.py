@@ -171,9 +171,12 @@ def _first_key_position(spans: np.ndarray, text_offset: int) -> int:
 class TokenIndex:
     """One query's token-level datastore: keys of the retrieved passages, searchable by L2."""
 
-    def __init__(self, encoded: Sequence[EncodedPassage], device: torch.device) -> None:
+    def __init__(
+        self, encoded: Sequence[EncodedPassage], device: torch.device, scores: Sequence[float] | None = None
+    ) -> None:
         self.passages = list(encoded)
         self.device = device
+        self.relevance = relative_relevance(scores if scores is not None else [0.0] * len(self.passages)).to(device)
         counts = [e.keys.shape[0] for e in self.passages]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if sum(counts) == 0:
@@ -229,6 +232,15 @@ class TokenIndex:
     @property
     def all_masked(self) -> bool:
         return bool(self.masked.all().item()) if len(self) else True
+
+
+def relative_relevance(scores: Sequence[float]) -> torch.Tensor:
+    """First-stage scores min-max scaled to [0, 1] (1: the best passage); all ones when they tie."""
+    s = torch.tensor(list(scores), dtype=torch.float32)
+    if not s.numel():
+        return s
+    spread = s.max() - s.min()
+    return (s - s.min()) / spread if spread > 0 else torch.ones_like(s)
 
 
 class KeyStore:
