@@ -159,6 +159,13 @@ def _cite_run(
     )
 
 
+def mark_citations(text: str, output_ends: Sequence[int]) -> str:
+    """``text`` with " [n]" after the n-th cited span (n from 1, in the order given)."""
+    for n, end in sorted(enumerate(output_ends, 1), key=lambda ne: -ne[1]):
+        text = f"{text[:end]} [{n}]{text[end:]}"
+    return text
+
+
 def clip_citations(citations: Sequence[Citation], length: int) -> list[Citation]:
     """Citations cut at output char ``length`` (for stop strings), keeping the quote invariant."""
     out = []

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .citations import NestResult
+from .citations import NestResult, mark_citations
 
 
 def _ask(args: argparse.Namespace) -> int:
@@ -41,10 +41,7 @@ def _ask(args: argparse.Namespace) -> int:
 
 def format_answer(result: NestResult) -> str:
     """The answer with [n] after each cited span, then the numbered sources with their quotes."""
-    text, marks = result.text, []
-    for n, c in sorted(enumerate(result.citations, 1), key=lambda nc: -nc[1].output_end):
-        text = f"{text[: c.output_end]} [{n}]{text[c.output_end :]}"
-    marks.append(text.strip())
+    marks = [mark_citations(result.text, [c.output_end for c in result.citations]).strip()]
     if result.citations:
         marks.append("\nSources:")
         for n, c in enumerate(result.citations, 1):

@@ -80,3 +80,10 @@ def test_index_rejects_non_utf8_files_with_exit_code_2(tmp_path, capsys) -> None
     code = cli.main(["index", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "idx"), "--model", "none"])
     assert code == 2
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_citation_marks_follow_each_cited_span() -> None:
+    from nest_integrations.citations import mark_citations
+
+    assert mark_citations("ab cd ef", [5, 2]) == "ab [2] cd [1] ef"
+    assert mark_citations("text", []) == "text"

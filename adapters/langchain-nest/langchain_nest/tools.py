@@ -8,6 +8,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
+from nest_integrations.citations import mark_citations
+
 from .chat_models import ChatNest
 
 
@@ -17,10 +19,7 @@ class GroundedAnswerInput(BaseModel):
 
 def format_with_sources(text: str, citations: list[dict[str, Any]]) -> str:
     """The answer with [n] after each cited span, then the numbered quotes and their sources."""
-    marked = text
-    for n, c in sorted(enumerate(citations, 1), key=lambda nc: -nc[1]["output_end"]):
-        marked = f"{marked[: c['output_end']]} [{n}]{marked[c['output_end'] :]}"
-    lines = [marked.strip()]
+    lines = [mark_citations(text, [c["output_end"] for c in citations]).strip()]
     for n, c in enumerate(citations, 1):
         lines.append(f'[{n}] {c.get("title") or c["passage_id"]}: "{c["quote"]}"')
     return "\n".join(lines)
