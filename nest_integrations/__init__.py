@@ -1,7 +1,7 @@
 """nest-integrations: Nearest Neighbor Speculative Decoding for the RAG pipelines people already run."""
 
 from .citations import Citation, NestResult, NestStats
-from .config import NestConfig
+from .config import NestConfig, default_config
 from .corpus import default_corpus, read_documents
 from .engine import NestChunk, NestEngine, PromptTooLongError, ashared_engine, shared_engine
 from .index import build_index, default_retriever, load_index
@@ -30,6 +30,7 @@ __all__ = [
     "StaticRetriever",
     "ashared_engine",
     "build_index",
+    "default_config",
     "default_corpus",
     "default_retriever",
     "load_index",

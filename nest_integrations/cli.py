@@ -6,8 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .citations import NestResult, mark_citations
+
+if TYPE_CHECKING:
+    from .config import NestConfig
 
 
 def _ask(args: argparse.Namespace) -> int:
@@ -17,11 +21,11 @@ def _ask(args: argparse.Namespace) -> int:
     from .index import default_retriever, load_index
     from .lm import load_lm
 
-    base = NestConfig.from_file(args.config) if args.config else NestConfig()
+    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
+    base = _config(args, lm.name)
     config = NestConfig.model_validate(
         {**base.model_dump(), "max_new_tokens": args.max_new_tokens, "num_passages": args.passages}
     )
-    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
     if args.no_retrieval:
         retriever = None
     elif args.index:
@@ -37,6 +41,13 @@ def _ask(args: argparse.Namespace) -> int:
     else:
         print(format_answer(result))
     return 0
+
+
+def _config(args: argparse.Namespace, model_name: str) -> NestConfig:
+    """``--config FILE`` if given, else the model's default (calibrated for the embedded model)."""
+    from .config import NestConfig, default_config
+
+    return NestConfig.from_file(args.config) if args.config else default_config(model_name)
 
 
 def format_answer(result: NestResult) -> str:
@@ -88,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise RuntimeError('`nest serve` needs the "serve" extra: pip install "nest-integrations[serve]"') from e
     lm = load_lm(args.model, device=args.device, dtype=args.dtype)
     retriever = load_index(args.index) if args.index else default_retriever(tokenizer=lm.tokenizer)
-    engine = NestEngine(lm, retriever=retriever)
+    engine = NestEngine(lm, retriever=retriever, config=_config(args, lm.name))
     limits = ServerLimits(max_tokens=args.max_tokens_limit, max_waiting=args.max_queue)
     app = create_app(engine, api_key=args.api_key or os.environ.get("NEST_API_KEY"), limits=limits)
     # uvicorn finishes in-flight requests on SIGTERM/SIGINT, up to the graceful timeout.
@@ -104,12 +115,13 @@ def _mcp(args: argparse.Namespace) -> int:
 
     lm = load_lm(args.model, device=args.device, dtype=args.dtype)
     retriever = load_index(args.index) if args.index else default_retriever(tokenizer=lm.tokenizer, progress=False)
-    create_mcp_server(NestEngine(lm, retriever=retriever)).run("stdio")
+    create_mcp_server(NestEngine(lm, retriever=retriever, config=_config(args, lm.name))).run("stdio")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench.run import run_benchmark
+    from .config import NestConfig
 
     rows = run_benchmark(
         args.out,
@@ -119,9 +131,53 @@ def _bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         model=args.model,
         sweep=args.sweep,
+        first_stage=args.first_stage,
+        config=NestConfig.from_file(args.config) if args.config else None,
+        isolate=args.isolate,
     )
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"Wrote {args.out}/results.md, results.json and results.png ({len(rows)} rows)")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .bench.calibrate import calibrate, held_in_prompts, write_calibration
+    from .config import NestConfig
+    from .engine import NestEngine
+    from .index import default_retriever
+    from .lm import load_lm
+
+    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
+    start = NestConfig.from_file(args.config) if args.config else NestConfig()
+    engine = NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer), config=start)
+    prompts = held_in_prompts(args.entity, args.completion, args.seed)
+
+    def show(t: Any) -> None:
+        print(
+            f"objective {t.objective:.3f}  ROUGE-L {t.rouge_l:.3f}  precision {t.citation_precision:.3f}  "
+            f"attribution {t.attribution_ratio:.2f}  {t.tokens_per_s:.0f} tok/s  {t.params}",
+            flush=True,
+        )
+
+    config, trials = calibrate(
+        engine,
+        prompts,
+        passes=args.passes,
+        max_new_tokens=args.max_new_tokens,
+        floor=args.floor,
+        speed_floor=args.speed_floor,
+        margin=args.margin,
+        on_trial=show,
+    )
+    about = {
+        "model": lm.name,
+        "command": " ".join(["nest", *sys.argv[1:]]) if sys.argv[0].endswith("nest") else "nest calibrate",
+        "prompts": {"entity": args.entity, "completion": args.completion, "seed": args.seed},
+        "held_in": "articles outside the benchmark's entity sample (nest bench --entity 20)",
+        "first_stages": "built-in hybrid over the default corpus, and 'mixed' (6 own + 14 other passages)",
+    }
+    write_calibration(args.out, config, trials, about)
+    print(f"Wrote {args.out}; load it with --config {args.out} or NestConfig.from_file()")
     return 0
 
 
@@ -135,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default="default", help="'default' (embedded SmolLM2), an HF id or a local path")
     ask.add_argument("--max-new-tokens", type=int, default=128)
     ask.add_argument("--passages", type=int, default=20, help="passages from the first stage (b)")
-    ask.add_argument("--config", type=Path, help="a NestConfig JSON file")
+    ask.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
     ask.add_argument("--device")
     ask.add_argument("--dtype")
     ask.add_argument("--no-retrieval", action="store_true", help="plain LM decoding, no citations")
@@ -159,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
     serve.add_argument("--max-queue", type=int, default=8, help="requests that may wait; more get 429")
     serve.add_argument("--graceful-timeout", type=int, default=30, help="seconds to finish in-flight requests")
+    serve.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
     serve.add_argument("--device")
     serve.add_argument("--dtype")
     serve.set_defaults(func=_serve)
@@ -172,11 +229,39 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--model", default="default")
     bench.add_argument("--sweep", action="store_true", help="also sweep gamma, beta and the number of passages")
+    bench.add_argument(
+        "--first-stage",
+        choices=["built-in", "mixed", "held-out"],
+        default="built-in",
+        help=(
+            "'mixed': a weak first stage mixing other articles' passages in (citation precision); "
+            "'held-out': the built-in one without the prompt's own article (no copying the reference)"
+        ),
+    )
+    bench.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
+    bench.add_argument("--isolate", action="store_true", help="one process per system: per-system peak RSS")
     bench.set_defaults(func=_bench)
+
+    cal = sub.add_parser("calibrate", help="fit alpha, tau, beta, gamma, ... for a model on held-in prompts")
+    cal.add_argument("--out", type=Path, required=True, help="JSON file to write (load it with --config)")
+    cal.add_argument("--model", default="default")
+    cal.add_argument("--config", type=Path, help="start from this config (default: NestConfig())")
+    cal.add_argument("--entity", type=int, default=12, help="held-in entity prompts")
+    cal.add_argument("--completion", type=int, default=8, help="held-in completion prompts")
+    cal.add_argument("--max-new-tokens", type=int, default=128)
+    cal.add_argument("--passes", type=int, default=2, help="coordinate-search passes over the parameters")
+    cal.add_argument("--floor", type=float, default=0.5, help="lowest attribution ratio a config may have")
+    cal.add_argument("--speed-floor", type=float, default=0.8, help="lowest tokens/s relative to the start config")
+    cal.add_argument("--margin", type=float, default=0.01, help="objective gain needed to change a parameter")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--device")
+    cal.add_argument("--dtype")
+    cal.set_defaults(func=_calibrate)
 
     mcp = sub.add_parser("mcp", help="run an MCP server on stdio (needs the 'serve' extra)")
     mcp.add_argument("--index", type=Path, help="index directory from `nest index` (default: the built-in corpus)")
     mcp.add_argument("--model", default="default")
+    mcp.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
     mcp.add_argument("--device")
     mcp.add_argument("--dtype")
     mcp.set_defaults(func=_mcp)

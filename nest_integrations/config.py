@@ -1,16 +1,22 @@
 """NestConfig: every knob of the NEST algorithm in one validated object.
 
-Defaults are the ones the paper's official demo uses (see DESIGN.md). This module holds
-configuration only; the math lives in ``mixture.py`` and ``speculative.py``.
+The paper's knobs default to the official demo's values (see DESIGN.md). The guards this
+project adds against wrong-source copying (passage relevance, context guard) are on by
+default, because they were measured to raise citation precision without costing quality
+or speed (benchmarks/RESULTS.md); ``NestConfig.paper()`` switches them off. An engine
+given no config uses the calibrated one shipped for its model, if any (:func:`default_config`).
+This module holds configuration only; the math lives in ``mixture.py`` and ``speculative.py``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CALIBRATED_DIR = Path(__file__).parent / "data" / "calibrated"
 
 
 class NestConfig(BaseModel):
@@ -57,14 +63,37 @@ class NestConfig(BaseModel):
             "'strict': speculative decoding's exact rule, output distribution equals p_M."
         ),
     )
-    span_min_relevance: float = Field(
-        0.0,
+    # Guards against wrong-source copying (beyond the paper; see DESIGN.md and issue 7).
+    min_passage_relevance: float = Field(
+        0.5,
         ge=0.0,
         le=1.0,
         description=(
-            "Spans start only in passages whose first-stage score, min-max scaled over the retrieved "
-            "passages, is at least this (0 disables; passages without scores all count as 1). "
-            "Beyond the paper: a guard against copying from passages retrieved for other reasons."
+            "Leave passages whose source's relevance to the query, relative to the best (0-1), is below this "
+            "out of the token search: no k-NN mass and no copying from them (0: every passage is searched, "
+            "as in the paper). A source is a document: its passages share their best relevance."
+        ),
+    )
+    passage_relevance: Literal["score", "query_terms", "both"] = Field(
+        "query_terms",
+        description=(
+            "What passage relevance is measured by: the first stage's scores, the rarity-weighted share of the "
+            "query's content words in the passage, or the smaller of both. Without scores, 'score' says 1."
+        ),
+    )
+    passage_prior: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "Weight each neighbour in p_kNN by its passage's relevance to this power (0: no prior, as in the paper)."
+        ),
+    )
+    context_guard: bool = Field(
+        True,
+        description=(
+            "Copy only where the left context agrees: a span starts after a passage token equal to the last "
+            "output token (or both end a sentence), and an answer's first token comes from sentence starts."
         ),
     )
     mask_copied: bool = Field(True, description="Mask copied positions so text is not copied twice.")
@@ -84,9 +113,29 @@ class NestConfig(BaseModel):
         return self
 
     @classmethod
+    def paper(cls, **overrides: Any) -> NestConfig:
+        """The paper's official settings exactly: the guards this project adds switched off."""
+        return cls(**{"min_passage_relevance": 0.0, "passage_prior": 0.0, "context_guard": False, **overrides})
+
+    @classmethod
     def from_file(cls, path: str | Path) -> NestConfig:
-        """Load a config written by :meth:`to_file` (JSON)."""
-        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Load a config written by :meth:`to_file` or by ``nest calibrate`` (JSON)."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("config"), dict) and "calibration" in data:
+            data = data["config"]
+        return cls.model_validate(data)
 
     def to_file(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(indent=2), encoding="utf-8")
+
+
+def calibration_file(model_name: str) -> Path:
+    """Where the calibrated config shipped for ``model_name`` lives (it may not exist)."""
+    return CALIBRATED_DIR / f"{model_name.replace('/', '--')}.json"
+
+
+def default_config(model_name: str) -> NestConfig:
+    """The config an engine uses when given none: the calibrated one shipped for the model
+    (``nest calibrate`` output, see ``data/calibrated/``), else the paper's defaults."""
+    path = calibration_file(model_name)
+    return NestConfig.from_file(path) if path.is_file() else NestConfig()

@@ -72,6 +72,7 @@ class _Mixture:
     p_knn: torch.Tensor | None  # (n, V)
     lam: torch.Tensor  # (n,)
     nb_idx: torch.Tensor | None  # (n, k) key indices, nearest first
+    nb_found: torch.Tensor | None = None  # (n, k) False where the key was not searchable (infinite distance)
 
     def row(self, i: int) -> _Mixture:
         return _Mixture(
@@ -80,6 +81,7 @@ class _Mixture:
             None if self.p_knn is None else self.p_knn[i : i + 1],
             self.lam[i : i + 1],
             None if self.nb_idx is None else self.nb_idx[i : i + 1],
+            None if self.nb_found is None else self.nb_found[i : i + 1],
         )
 
 
@@ -96,26 +98,40 @@ class NestDecoder:
         self.generator: torch.Generator | None = None
         if config.seed is not None:
             self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.last_token = -1  # the token the next one follows (set from the prompt in ``run``)
+        self.boundary = lm.boundary_tokens.to(lm.device) if config.context_guard else None
+        # Keys after which a copy starts a sentence: the passage text's first token, or after . ! ? \n
+        self.boundary_keys: torch.Tensor | None = None
+        if self.index is not None and self.boundary is not None:
+            self.boundary_keys = self.index.key_starts_text | self.boundary[self.index.key_tokens]
 
     # Distributions -------------------------------------------------------------------------
 
-    def _mixture(self, logits: torch.Tensor, hidden: torch.Tensor | None) -> _Mixture:
+    def _mixture(self, logits: torch.Tensor, hidden: torch.Tensor | None, only: torch.Tensor | None = None) -> _Mixture:
+        """p_M at each of the n positions; ``only`` restricts the token search to some keys."""
         cfg = self.cfg
         p_lm = lm_distribution(logits, cfg.lm_temperature)
         n = p_lm.shape[0]
         if self.index is None or hidden is None or self.index.all_masked or cfg.fixed_lambda == 1.0:
             return _Mixture(p_lm, p_lm, None, torch.ones(n, device=p_lm.device), None)
-        dist, idx = self.index.search(hidden, cfg.num_neighbors)  # (n, k)
+        dist, idx = self.index.search(hidden, cfg.num_neighbors, only)  # (n, k)
         usable = torch.isfinite(dist)
+        if not bool(usable.any()):
+            return _Mixture(p_lm, p_lm, None, torch.ones(n, device=p_lm.device), None)
         values = self.index.values[idx]
-        p_knn = knn_distribution(dist, values, p_lm.shape[-1], self.knn_temperature).to(p_lm.device)
+        scored = dist
+        if cfg.passage_prior > 0:
+            # weight_j ∝ exp(-d_j / T) * relevance^prior, folded into the distance the softmax sees.
+            log_rel = torch.log(self.index.relevance[self.index.key_passage[idx]].clamp(min=1e-3))
+            scored = dist - self.knn_temperature * cfg.passage_prior * log_rel
+        p_knn = knn_distribution(scored, values, p_lm.shape[-1], self.knn_temperature).to(p_lm.device)
         if cfg.fixed_lambda is not None:
             lam = torch.full((n,), cfg.fixed_lambda, device=p_lm.device)
         else:
             lam = relative_retrieval_confidence(dist.masked_fill(~usable, float("inf")), cfg.alpha, cfg.tau).to(
                 p_lm.device
             )
-        return _Mixture(mix(p_lm, p_knn, lam), p_lm, p_knn, lam, idx)
+        return _Mixture(mix(p_lm, p_knn, lam), p_lm, p_knn, lam, idx, usable)
 
     def _sampling_distribution(self, p: torch.Tensor) -> torch.Tensor:
         """What a token is drawn from: p_M with temperature and top-p applied (sampling only)."""
@@ -154,7 +170,7 @@ class NestDecoder:
         lam = float(m.lam[0])
         if (1 - lam) * float(m.p_knn[0, token]) < lam * float(m.p_lm[0, token]):
             return None
-        keys = m.nb_idx[0][~self.index.masked[m.nb_idx[0]]]
+        keys = m.nb_idx[0][self._searchable(m)]
         hits = (self.index.values[keys] == token).nonzero()
         if not hits.numel():
             return None
@@ -167,7 +183,8 @@ class NestDecoder:
         """Decode up to ``max_new_tokens`` tokens after the prompt, yielding each step."""
         runner = _LMRunner(self.lm, need_hidden=self.index is not None)
         logits, hidden = runner.forward(prompt_ids)
-        m = self._mixture(logits[-1:], None if hidden is None else hidden[-1:])
+        self.last_token = prompt_ids[-1]
+        m = self._mixture(logits[-1:], None if hidden is None else hidden[-1:], self._answer_start_keys())
         produced = 0
         continuation: tuple[int, int] | None = None  # (passage, next token position) after a full accept
         while produced < max_new_tokens:
@@ -186,7 +203,7 @@ class NestDecoder:
                 rejected = int(draft[0])
             token = self._pick(m.p_mix[0], rejected)
             step = DecodeStep([token], [self._provenance_of(m, token)])
-            self._mask(step)
+            self._record(step)
             yield step
             produced += 1
             if self._ended(step) or produced >= max_new_tokens:
@@ -194,22 +211,38 @@ class NestDecoder:
             logits, hidden = runner.forward([token])
             m = self._mixture(logits, hidden)
 
+    def _answer_start_keys(self) -> torch.Tensor | None:
+        """With the context guard, an answer that starts at a sentence boundary (a chat turn)
+        takes its k-NN mass only from keys that start sentences, so it cannot open mid-sentence."""
+        if self.boundary_keys is None or self.boundary is None or not bool(self.boundary[self.last_token]):
+            return None
+        return self.boundary_keys
+
     def _ended(self, step: DecodeStep) -> bool:
         if step.tokens and step.tokens[-1] in self.eos:
             self.counters.finish_reason = "eos"
             return True
         return False
 
+    def _searchable(self, m: _Mixture) -> torch.Tensor:
+        """Which of the first row's neighbours may still be used: found by the search, not masked since."""
+        assert self.index is not None and m.nb_idx is not None and m.nb_found is not None
+        keys = m.nb_idx[0]
+        return m.nb_found[0] & ~(self.index.masked | self.index.excluded)[keys]
+
     def _propose(self, m: _Mixture) -> tuple[int, int] | None:
         """Dynamic span selection: when lambda < beta, the span after the best neighbour."""
         if self.index is None or m.nb_idx is None or float(m.lam[0]) >= self.cfg.beta:
             return None
         # The search may predate the masking of the span just copied: skip keys masked since.
-        # Spans start only in passages the first stage found relevant enough.
         keys = m.nb_idx[0]
-        allowed = ~self.index.masked[keys]
-        if self.cfg.span_min_relevance > 0:
-            allowed &= self.index.relevance[self.index.key_passage[keys]] >= self.cfg.span_min_relevance
+        allowed = self._searchable(m)
+        if self.boundary is not None and self.boundary_keys is not None:
+            # Left-context agreement: the key's own token is the last output token, or both end a sentence.
+            agree = self.index.key_tokens[keys] == self.last_token
+            if bool(self.boundary[self.last_token]):
+                agree |= self.boundary_keys[keys]
+            allowed &= agree
         keys = keys[allowed]
         if not keys.numel():
             return None
@@ -248,20 +281,23 @@ class NestDecoder:
         self.counters.accepted_spans.append(accepted)
         if accepted == n:
             step = DecodeStep(tokens, prov)
-            self._mask(step)
+            self._record(step)
             more = start + n < self.index.passages[passage].token_ids.numel()
             return step, after.row(n - 1), (passage, start + n) if more else None
         runner.crop(base + accepted)
         at = after.row(accepted - 1)
         token = self._pick(at.p_mix[0], rejected=int(draft[accepted]))
         step = DecodeStep([*tokens, token], [*prov, self._provenance_of(at, token)])
-        self._mask(step)
+        self._record(step)
         if not self._ended(step):
             logits, hidden = runner.forward([token])
             at = self._mixture(logits, hidden)
         return step, at, None
 
-    def _mask(self, step: DecodeStep) -> None:
+    def _record(self, step: DecodeStep) -> None:
+        """Note a step's tokens as output: the last one is the new left context; copied ones are masked."""
+        if step.tokens:
+            self.last_token = step.tokens[-1]
         if self.index is None or not self.cfg.mask_copied:
             return
         for p in step.provenance:

@@ -18,11 +18,12 @@ from pydantic import BaseModel, Field
 
 from .async_utils import iterate_in_thread
 from .citations import Citation, NestResult, NestStats, Provenance, build_citations, clip_citations
-from .config import NestConfig
+from .config import NestConfig, default_config
 from .decoding import NestDecoder
 from .lm import DEFAULT_MODEL, LoadedLM, Message, build_prompt_ids, last_user_text, load_lm, normalize_messages
 from .passages.retriever import PassageRetriever, StaticRetriever
 from .passages.types import Passage, ScoredPassage
+from .relevance import passage_relevance
 from .token_index import KeyStore, PassageEncoder, TokenIndex
 
 
@@ -49,6 +50,8 @@ class NestEngine:
         retriever: the first stage: a :class:`PassageRetriever`, a list of passages
             (always used as they are), or None (no retrieval unless passages are given per call).
         config: NEST hyperparameters; per-call overrides are keyword arguments of ``generate``.
+            None: the calibrated config shipped for the model if there is one (the embedded
+            model has one), else the paper's defaults (see :func:`default_config`).
         key_store: a directory of precomputed passage keys (see ``KeyStore.build``).
 
     Example:
@@ -72,7 +75,7 @@ class NestEngine:
         if retriever is not None and not isinstance(retriever, PassageRetriever):
             retriever = StaticRetriever(list(retriever))
         self.retriever = retriever
-        self.config = config or NestConfig()
+        self.config = config or default_config(self.lm.name)
         store = KeyStore.open(key_store, model=self.lm.name) if key_store is not None else None
         self.encoder = PassageEncoder(self.lm, max_cache_bytes=max_cache_bytes, key_store=store)
         self._lock = threading.Lock()  # one generation at a time: the model is shared
@@ -186,7 +189,15 @@ class NestEngine:
         t1 = time.perf_counter()
         misses = self.encoder.misses
         encoded = self.encoder.encode([s.passage for s in scored]) if scored else []
-        index = TokenIndex(encoded, self.lm.device, [s.score for s in scored]) if encoded else None
+        index = None
+        if encoded:
+            relevance = passage_relevance(
+                query or last_user_text(messages),
+                [s.passage for s in scored],
+                [s.score for s in scored],
+                cfg.passage_relevance,
+            )
+            index = TokenIndex(encoded, self.lm.device, relevance, min_relevance=cfg.min_passage_relevance)
         t2 = time.perf_counter()
         stats.first_stage_seconds, stats.token_index_seconds = t1 - t0, t2 - t1
         stats.passages, stats.passages_encoded = len(scored), self.encoder.misses - misses

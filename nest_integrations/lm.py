@@ -51,6 +51,18 @@ class LoadedLM:
         n = getattr(self.model.config, "max_position_embeddings", None)
         return int(n) if n else 2048
 
+    @functools.cached_property
+    def boundary_tokens(self) -> torch.Tensor:
+        """Bool (V,): tokens after which a sentence starts (., !, ?, newline) and special tokens."""
+        tok = self.tokenizer
+        size = max(len(tok), self.vocab_size)
+        texts = tok.batch_decode([[i] for i in range(len(tok))])
+        flags = torch.zeros(size, dtype=torch.bool)
+        for i, t in enumerate(texts):
+            flags[i] = "\n" in t or t.rstrip().endswith((".", "!", "?"))
+        flags[[i for i in tok.all_special_ids if i < size]] = True
+        return flags
+
     @property
     def eos_token_ids(self) -> set[int]:
         ids: set[int] = set()

@@ -172,11 +172,18 @@ class TokenIndex:
     """One query's token-level datastore: keys of the retrieved passages, searchable by L2."""
 
     def __init__(
-        self, encoded: Sequence[EncodedPassage], device: torch.device, scores: Sequence[float] | None = None
+        self,
+        encoded: Sequence[EncodedPassage],
+        device: torch.device,
+        relevance: torch.Tensor | None = None,
+        *,
+        min_relevance: float = 0.0,
     ) -> None:
+        """``relevance``: per passage, 0-1 relative to the best (see ``relevance.py``); keys of
+        passages below ``min_relevance`` are left out of every search."""
         self.passages = list(encoded)
         self.device = device
-        self.relevance = relative_relevance(scores if scores is not None else [0.0] * len(self.passages)).to(device)
+        self.relevance = (relevance if relevance is not None else torch.ones(len(self.passages))).to(device)
         counts = [e.keys.shape[0] for e in self.passages]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if sum(counts) == 0:
@@ -194,17 +201,40 @@ class TokenIndex:
             [torch.arange(e.first_key, e.first_key + c) for e, c in zip(self.passages, counts, strict=True)]
             or [torch.zeros(0, dtype=torch.long)]
         ).to(device)
+        # The token each key was computed at (the left context a copy would continue from), and
+        # whether the key's value is the first token of the passage text (a copy from there starts it).
+        self.key_tokens = torch.cat(
+            [e.token_ids[e.first_key : e.first_key + c] for e, c in zip(self.passages, counts, strict=True)]
+            or [torch.zeros(0, dtype=torch.long)]
+        ).to(device)
+        self.key_starts_text = torch.cat(
+            [
+                (torch.arange(c) == 0) & bool(e.text_offset > 0 and e.char_spans[e.first_key, 1] <= e.text_offset)
+                for e, c in zip(self.passages, counts, strict=True)
+            ]
+            or [torch.zeros(0, dtype=torch.bool)]
+        ).to(device)
         self.key_sq_norms = (self.keys.float() ** 2).sum(-1) if len(self) else torch.zeros(0, device=device)
         self.masked = torch.zeros(len(self), dtype=torch.bool, device=device)
+        self.excluded = self.relevance[self.key_passage] < min_relevance
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def search(self, queries: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared L2 distances (n, k) ascending and key indices (n, k) of the k = min(r, N) nearest keys."""
+    def search(
+        self, queries: torch.Tensor, r: int, only: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared L2 distances (n, k) ascending and key indices (n, k) of the k = min(r, N) nearest keys.
+
+        Masked (copied) and excluded keys, and keys outside ``only`` (bool (N,)) when given,
+        come last with infinite distance.
+        """
         q = queries.to(self.device, torch.float32)  # (n, D)
         d = (q**2).sum(-1, keepdim=True) - 2 * q @ self.keys.float().T + self.key_sq_norms  # (n, N)
-        d = d.clamp_(min=0.0).masked_fill_(self.masked, float("inf"))
+        unusable = self.masked | self.excluded
+        if only is not None:
+            unusable = unusable | ~only
+        d = d.clamp_(min=0.0).masked_fill_(unusable, float("inf"))
         k = min(r, len(self))
         dist, idx = torch.topk(d, k, dim=-1, largest=False, sorted=True)
         return dist, idx
@@ -231,16 +261,8 @@ class TokenIndex:
 
     @property
     def all_masked(self) -> bool:
-        return bool(self.masked.all().item()) if len(self) else True
-
-
-def relative_relevance(scores: Sequence[float]) -> torch.Tensor:
-    """First-stage scores min-max scaled to [0, 1] (1: the best passage); all ones when they tie."""
-    s = torch.tensor(list(scores), dtype=torch.float32)
-    if not s.numel():
-        return s
-    spread = s.max() - s.min()
-    return (s - s.min()) / spread if spread > 0 else torch.ones_like(s)
+        """Whether no key can be found any more (all copied or excluded)."""
+        return bool((self.masked | self.excluded).all().item()) if len(self) else True
 
 
 class KeyStore:

@@ -176,24 +176,67 @@ def test_passages_without_title_or_document_are_cited(lm) -> None:
         assert c.document_start is None
 
 
-def test_relative_relevance_scales_scores_and_ties_count_as_relevant() -> None:
-    from nest_integrations.token_index import relative_relevance
-
-    assert relative_relevance([2.0, 4.0, 3.0]).tolist() == [0.0, 1.0, 0.5]
-    assert relative_relevance([1.0, 1.0]).tolist() == [1.0, 1.0]
-
-
-@pytest.mark.slow
-def test_span_min_relevance_keeps_spans_in_the_asked_article(lm, corpus_retriever) -> None:
-    """Issue 7's observation: Boulter's answer copied Kershaw's "is an American ... pitcher"."""
-    mixed = [
+@pytest.fixture(scope="module")
+def three_articles(corpus_retriever) -> list[Passage]:
+    """Issue 7's setting: six passages each of Robert Boulter, Du Fu and Clayton Kershaw."""
+    return [
         p
         for article in ("Robert_Boulter", "Du_Fu", "Clayton_Kershaw")
         for p in [q for q in corpus_retriever.passages if q.document_id == article][:6]
     ]
-    first_stage = HybridRetriever(mixed, embedder=corpus_retriever.embedder)
-    engine = NestEngine(lm, retriever=first_stage)
-    result = engine.generate("Tell me about Robert Boulter.", num_passages=18, span_min_relevance=0.5)
-    spans = [c for c in result.citations if len(output_ids(lm, c.quote)) >= 2]
-    assert spans and all(c.document_id == "Robert_Boulter" for c in spans), [(c.document_id, c.quote) for c in spans]
-    # Single-token attributions to other articles can remain (issue 7 is open for them).
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_stage", ["given passages", "hybrid over them"])
+def test_no_citation_of_boulters_answer_points_to_another_article(
+    lm, corpus_retriever, three_articles, documents, first_stage
+) -> None:
+    """Issue 7's observation: with the paper's settings, Boulter's answer copied Kershaw's
+    "is an American professional baseball pitcher ..."; the default config must not."""
+    question = "Tell me about Robert Boulter."
+    if first_stage == "given passages":
+        engine = NestEngine(lm)
+        passages = three_articles
+    else:
+        engine = NestEngine(lm, retriever=HybridRetriever(three_articles, embedder=corpus_retriever.embedder))
+        passages = None
+    result = engine.generate(question, passages=passages, num_passages=18)
+    assert result.citations and result.stats.attribution_ratio >= 0.5
+    assert all(c.document_id == "Robert_Boulter" for c in result.citations), [
+        (c.document_id, c.quote) for c in result.citations if c.document_id != "Robert_Boulter"
+    ]
+    assert_citations_exact(result, documents)
+
+
+@pytest.mark.slow
+def test_paper_settings_do_copy_from_the_wrong_article_here(lm, three_articles) -> None:
+    """The regression test above is not vacuous: without the guards the wrong source is cited."""
+    paper = NestConfig.paper()
+    result = NestEngine(lm, config=paper).generate("Tell me about Robert Boulter.", passages=three_articles)
+    assert any(c.document_id != "Robert_Boulter" for c in result.citations)
+
+
+@pytest.mark.slow
+def test_context_guard_starts_spans_only_after_agreeing_left_context(lm, three_articles) -> None:
+    from nest_integrations.decoding import NestDecoder
+    from nest_integrations.token_index import PassageEncoder, TokenIndex
+
+    config = NestConfig(context_guard=True, max_new_tokens=96)
+    index = TokenIndex(PassageEncoder(lm).encode(three_articles), lm.device)
+    decoder = NestDecoder(lm, config, index)
+    prompt = build_prompt_ids(lm.tokenizer, normalize_messages("Tell me about Du Fu."))
+    boundary = lm.boundary_tokens
+    previous, spans, first = prompt[-1], 0, True
+    for step in decoder.run(prompt, config.max_new_tokens):
+        head = step.provenance[0]
+        if first and head is not None:
+            # The answer's first token comes from a sentence start: the text's first token or after . ! ? newline.
+            before = int(index.passages[head.passage].token_ids[head.position - 1])
+            assert head.position - 1 == index.passages[head.passage].first_key or bool(boundary[before])
+        if len(step.tokens) > 1 and head is not None:
+            spans += 1
+            before = int(index.passages[head.passage].token_ids[head.position - 1])
+            starts_text = head.position - 1 == index.passages[head.passage].first_key
+            assert before == previous or (bool(boundary[previous]) and (bool(boundary[before]) or starts_text))
+        previous, first = step.tokens[-1], False
+    assert spans >= 2

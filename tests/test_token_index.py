@@ -68,3 +68,36 @@ def test_key_store_round_trip(tmp_path, lm, boulter_passages) -> None:
     cold.encode(boulter_passages[:2])
     assert cold.misses == 0
     assert reopened.get(Passage(id="x", text="not stored").content_key) is None
+
+
+def test_excluded_passages_and_restricted_keys_are_never_found(lm, boulter_passages) -> None:
+    encoded = PassageEncoder(lm).encode(boulter_passages[:3])
+    index = TokenIndex(encoded, lm.device, torch.tensor([1.0, 0.2, 0.9]), min_relevance=0.5)
+    queries = index.keys[index.key_passage == 1][:4]  # keys of the excluded passage itself
+    dist, idx = index.search(queries, r=len(index))
+    found = idx[torch.isfinite(dist)]
+    assert found.numel() and not (index.key_passage[found] == 1).any()
+    only = index.key_passage == 2
+    dist, idx = index.search(queries, r=len(index), only=only)
+    found = idx[torch.isfinite(dist)]
+    assert found.numel() and (index.key_passage[found] == 2).all()
+    everything_low = TokenIndex(encoded, lm.device, torch.tensor([0.1, 0.2, 0.3]), min_relevance=0.5)
+    assert everything_low.all_masked
+
+
+def test_key_tokens_are_the_left_context_of_values(lm, boulter_passages) -> None:
+    encoded = PassageEncoder(lm).encode(boulter_passages[:2])
+    index = TokenIndex(encoded, lm.device)
+    for k in (0, 7, len(index) - 1):
+        tokens = encoded[int(index.key_passage[k])].token_ids
+        position = int(index.key_position[k])
+        assert int(index.key_tokens[k]) == int(tokens[position]) and int(index.values[k]) == int(tokens[position + 1])
+    # Exactly one key per titled passage has the passage text's first token as its value.
+    assert int(index.key_starts_text.sum()) == 2
+    first = int(index.key_starts_text.nonzero()[0])
+    enc = encoded[0]
+    assert (
+        enc.char_spans[int(index.key_position[first]) + 1, 1]
+        > enc.text_offset
+        >= enc.char_spans[int(index.key_position[first]), 1]
+    )

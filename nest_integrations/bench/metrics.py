@@ -1,4 +1,4 @@
-"""ROUGE-1/2/L F1 on lowercased word tokens (Lin, 2004), without extra dependencies."""
+"""Quality metrics: ROUGE-1/2/L F1 on lowercased word tokens (Lin, 2004) and citation checks."""
 
 from __future__ import annotations
 
@@ -46,3 +46,30 @@ def rouge(hypothesis: str, reference: str) -> dict[str, float]:
         "rouge2": rouge_n(hypothesis, reference, 2),
         "rougeL": rouge_l(hypothesis, reference),
     }
+
+
+_SENTENCE_END = ".!?\n"
+_OPENERS = "\"'([“‘"
+
+
+def is_sentence_start(text: str, start: int) -> bool:
+    """Whether ``text[start:]`` begins a sentence: at the start of the text, or after . ! ? or a newline."""
+    before = text[:start].rstrip(" \t")
+    return not before or before[-1] in _SENTENCE_END or before.endswith("\n")
+
+
+def starts_mid_sentence(answer: str, copied_from_sentence_start: bool | None) -> bool:
+    """Whether an answer begins in the middle of a sentence.
+
+    ``copied_from_sentence_start``: for an answer whose first characters were copied, whether
+    the copy began at a sentence start of its source (None when the opening was generated).
+    An opening that is generated counts as mid-sentence only if it starts lowercase or with
+    punctuation that cannot open a sentence.
+    """
+    head = answer.lstrip()
+    if not head:
+        return False
+    if copied_from_sentence_start is not None:
+        return not copied_from_sentence_start
+    first = head[0]
+    return first.islower() or (not first.isalnum() and first not in _OPENERS)

@@ -31,8 +31,10 @@ def summarize(
             if system.startswith("a:"):
                 baseline[task] = tps
             scores = [rouge(m.text, refs[(task, m.prompt)]) for m in ms]
-            cited = [d for m in ms for d in m.cited_documents]
-            right = sum(1 for m in ms for d in m.cited_documents if d == m.document_id)
+            cited = [c for m in ms for c in m.cited]
+            right = sum(1 for m in ms for c in m.cited if c.document_id == m.document_id)
+            wrong_chars = sum(c.chars for m in ms for c in m.cited if c.document_id != m.document_id)
+            output_chars = sum(len(m.text) for m in ms)
             proposed = sum(m.spans_proposed for m in ms)
             accepted = sum(m.spans_accepted for m in ms)
             rows.append(
@@ -50,6 +52,11 @@ def summarize(
                     "mean_accepted_span": sum(m.accepted_tokens for m in ms) / accepted if accepted else 0.0,
                     "acceptance_rate": accepted / proposed if proposed else 0.0,
                     "citation_precision": right / len(cited) if cited else None,
+                    "wrong_source_rate": wrong_chars / output_chars if output_chars else 0.0,
+                    # A completion continues its prompt mid-sentence by design: only answers count.
+                    "mid_sentence_starts": (
+                        sum(m.mid_sentence_start for m in ms) / len(ms) if task == "entity" else None
+                    ),
                     "rouge1": statistics.mean(s["rouge1"] for s in scores),
                     "rouge2": statistics.mean(s["rouge2"] for s in scores),
                     "rougeL": statistics.mean(s["rougeL"] for s in scores),
@@ -80,6 +87,8 @@ COLUMNS = [
     ("mean_accepted_span", "mean span"),
     ("acceptance_rate", "accept rate"),
     ("citation_precision", "cit. precision"),
+    ("wrong_source_rate", "wrong-source"),
+    ("mid_sentence_starts", "mid-sentence"),
     ("rouge1", "R-1"),
     ("rouge2", "R-2"),
     ("rougeL", "R-L"),

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import NestConfig
 from ..engine import NestEngine
 from ..index import default_retriever
 from ..lm import load_lm
+from .first_stages import first_stage as make_first_stage
 from .report import markdown, summarize, write
-from .systems import Measurement, System, nest, standard_systems
+from .systems import Measurement, System, measurement_from_dict, nest, standard_systems
 from .tasks import Prompt, completion_prompts, entity_prompts
 
 
@@ -57,35 +63,99 @@ def run_benchmark(
     sweep: bool = False,
     progress: bool = True,
     engine: NestEngine | None = None,
+    first_stage: str = "built-in",
+    config: NestConfig | None = None,
+    isolate: bool = False,
 ) -> list[dict[str, Any]]:
     """Measure every system; write results.md / results.json / results.png (and sweep.md with ``sweep``).
 
-    ``engine`` reuses a loaded engine (its retriever is the first stage); by default the
-    model is loaded and the default corpus's index is the first stage.
+    ``engine`` reuses a loaded engine (its retriever feeds the first stage); by default the
+    model is loaded with ``config`` (None: the model's default) and the default corpus's
+    index is the first stage. ``first_stage``: "built-in", "mixed" or "held-out" (see
+    ``first_stages.py``). ``isolate`` runs each system in its own process, so that each
+    peak RSS is that system's own (model, index and its working memory).
     """
-    if engine is None:
-        lm = load_lm(model)
-        engine = NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer, progress=progress))
-    lm = engine.lm
     prompts = completion_prompts(completion, seed) + entity_prompts(entity, seed)
-    systems = standard_systems(engine, max_new_tokens)
-    engine.generate("Hello", max_new_tokens=2)  # warm-up: first-call overheads are not a system's cost
     started = time.strftime("%Y-%m-%d %H:%M")
-    measurements, peaks = run_systems(systems, prompts, progress)
+    spec: dict[str, Any] = {
+        "completion": completion,
+        "entity": entity,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "model": model,
+        "first_stage": first_stage,
+        "config": config.model_dump() if config else None,
+    }
+    if isolate:
+        measurements, peaks, name, b = _run_isolated(spec, progress)
+    else:
+        engine = engine or _engine(model, config, progress)
+        name, b = engine.lm.name, engine.config.num_passages
+        systems = standard_systems(engine, max_new_tokens, make_first_stage(first_stage, engine))
+        engine.generate("Hello", max_new_tokens=2)  # warm-up: first-call overheads are not a system's cost
+        measurements, peaks = run_systems(systems, prompts, progress)
     rows = summarize(measurements, prompts, peaks)
     n_completion = sum(p.task == "completion" for p in prompts)
+    rss = "each system in its own process" if isolate else "the process peak so far"
     header = (
-        f"## NEST benchmark ({started})\n\nMachine: {machine()}. Model: {lm.name}. "
+        f"## NEST benchmark ({started})\n\nMachine: {machine()}. Model: {name}. "
         f"Prompts: {n_completion} completion, {len(prompts) - n_completion} entity (seed {seed}); "
-        f"{max_new_tokens} new tokens; first stage: built-in hybrid, b = 20."
+        f"{max_new_tokens} new tokens; first stage: {first_stage}, b = {b}. Peak RSS: {rss}."
     )
     write(out, rows, measurements, header)
     if sweep:
+        engine = engine or _engine(model, config, progress)
         sweep_rows = run_sweep(engine, entity_prompts(min(entity or 5, 5), seed), max_new_tokens, progress)
         (out / "sweep.md").write_text(
             markdown(sweep_rows, "## Sensitivity (entity prompts, NEST warm)"), encoding="utf-8"
         )
     return rows
+
+
+def _engine(model: str, config: NestConfig | None, progress: bool) -> NestEngine:
+    lm = load_lm(model)
+    return NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer, progress=progress), config=config)
+
+
+def run_one_system(spec: dict[str, Any], index: int) -> dict[str, Any]:
+    """Run system ``index`` of the standard list alone (in a worker process) and report it."""
+    config = NestConfig.model_validate(spec["config"]) if spec["config"] else None
+    engine = _engine(spec["model"], config, progress=False)
+    systems = standard_systems(engine, spec["max_new_tokens"], make_first_stage(spec["first_stage"], engine))
+    prompts = completion_prompts(spec["completion"], spec["seed"]) + entity_prompts(spec["entity"], spec["seed"])
+    engine.generate("Hello", max_new_tokens=2)
+    measurements, peaks = run_systems(systems[index : index + 1], prompts, progress=False)
+    return {
+        "systems": len(systems),
+        "model": engine.lm.name,
+        "num_passages": engine.config.num_passages,
+        "measurements": [asdict(m) for m in measurements],
+        "peak_rss_mib": peaks,
+    }
+
+
+def _run_isolated(spec: dict[str, Any], progress: bool) -> tuple[list[Measurement], dict[str, float], str, int]:
+    from tqdm.auto import tqdm
+
+    measurements: list[Measurement] = []
+    peaks: dict[str, float] = {}
+    index, count, name, b = 0, 1, "", 0
+    with tqdm(desc="systems (one process each)", disable=not progress) as bar:
+        while index < count:
+            done = subprocess.run(
+                [sys.executable, "-m", "nest_integrations.bench.worker", json.dumps(spec), str(index)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            count, name, b = report["systems"], report["model"], report["num_passages"]
+            bar.total = count
+            measurements += [measurement_from_dict(m) for m in report["measurements"]]
+            peaks |= report["peak_rss_mib"]
+            index += 1
+            bar.update()
+    return measurements, peaks, name, b
 
 
 def run_sweep(

@@ -14,23 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from .embedder import SentenceEmbedder
+from .stopwords import stopwords
 from .types import Passage, ScoredPassage
 
 INDEX_FORMAT_VERSION = 2
 _BM25_TOKEN = re.compile(r"\w+", re.UNICODE)
-# Instruction words of prompts ("Tell me about X") are rare in a corpus, so BM25 would rank
-# them high; they are dropped with the usual English stop words.
-_PROMPT_WORDS = frozenset({"tell", "describe", "explain", "give", "write", "summarize", "summarise", "please"})
-
-
-def _stopwords() -> frozenset[str]:
-    from bm25s.stopwords import STOPWORDS_EN_PLUS
-
-    return frozenset(STOPWORDS_EN_PLUS) | _PROMPT_WORDS
 
 
 def _bm25_tokenize(texts: Sequence[str]) -> list[list[str]]:
-    stop = _stopwords()
+    stop = stopwords()
     return [[w for w in _BM25_TOKEN.findall(t.lower()) if w not in stop] for t in texts]
 
 
@@ -91,6 +83,13 @@ class HybridRetriever:
         fused = fuse_scores(dense, sparse, self.dense_weight)
         best = sorted(fused.items(), key=lambda kv: -kv[1])[:k]
         return [ScoredPassage(passage=self.passages[i], score=s) for i, s in best]
+
+    def dense_retrieve(self, query: str, k: int) -> list[ScoredPassage]:
+        """The dense ranking alone (cosine similarity), as a plain vector store would return it."""
+        if not self.passages or not query.strip():
+            return []
+        best = sorted(self._dense_scores(query, min(k, len(self.passages))).items(), key=lambda kv: -kv[1])
+        return [ScoredPassage(passage=self.passages[i], score=s) for i, s in best[:k]]
 
     def _dense_scores(self, query: str, n: int) -> dict[int, float]:
         q = self.embedder.encode([query])

@@ -7,9 +7,17 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
 from langchain_core.retrievers import BaseRetriever
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr
 
-from nest_integrations import NestConfig, NestEngine, NestResult, ScoredPassage, ashared_engine, shared_engine
+from nest_integrations import (
+    NestConfig,
+    NestEngine,
+    NestResult,
+    ScoredPassage,
+    ashared_engine,
+    default_config,
+    shared_engine,
+)
 from nest_integrations.lm import DEFAULT_MODEL, EMBEDDED_MODEL_NAME
 
 from ._citations import PROVIDER, citation_payload
@@ -25,8 +33,9 @@ class NestParams(BaseModel):
     """'default' (embedded SmolLM2-135M-Instruct), a Hugging Face model id or a local path."""
     retriever: BaseRetriever | None = None
     """First stage: any LangChain retriever (e.g. ``vectorstore.as_retriever(k=20)``). None: no retrieval."""
-    nest_config: NestConfig = Field(default_factory=NestConfig)
-    """NEST hyperparameters (alpha, tau, beta, gamma, span window, neighbours, ...)."""
+    nest_config: NestConfig | None = None
+    """NEST hyperparameters (alpha, tau, beta, gamma, span window, neighbours, ...). None: the
+    model's default (the calibrated config shipped for the embedded model, else the paper's)."""
     temperature: float | None = None
     """0 or None: greedy decoding. Above 0: sampling from the NEST mixture at this temperature."""
     max_tokens: int | None = None
@@ -62,7 +71,10 @@ class NestParams(BaseModel):
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         top_p = kwargs.get("top_p", self.top_p)
         seed = kwargs.get("seed", self.seed)
-        out: dict[str, Any] = {"stop": list(dict.fromkeys([*(self.stop or []), *(stop or [])]))}
+        # The model's own settings first; the fields and the call's arguments override them.
+        out: dict[str, Any] = self.nest_config.model_dump() if self.nest_config is not None else {}
+        base_stop = out.get("stop", [])
+        out["stop"] = list(dict.fromkeys([*base_stop, *(self.stop or []), *(stop or [])]))
         if max_tokens is not None:
             out["max_new_tokens"] = max_tokens
         if temperature:
@@ -88,7 +100,8 @@ class NestParams(BaseModel):
         return documents_to_passages(await self.retriever.ainvoke(query, config={"callbacks": _child(run_manager)}))
 
     def _nest_params(self) -> dict[str, Any]:
-        return {"model": self.model_name, "nest_config": self.nest_config.model_dump()}
+        config = self.nest_config or default_config(self.model_name)
+        return {"model": self.model_name, "nest_config": config.model_dump()}
 
 
 def _child(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> CallbackManager | None:

@@ -153,3 +153,16 @@ def test_nest_llm_with_its_own_retriever_and_the_engine_bridge(corpus_index, doc
     bridge = LlamaIndexPassageRetriever(corpus_index.as_retriever(similarity_top_k=5))
     hits = bridge.retrieve(QUESTION, k=3)
     assert len(hits) == 3 and hits[0].passage.document_id == "Robert_Boulter"
+
+
+def test_nest_config_is_applied_and_call_arguments_win(corpus_index) -> None:
+    from nest_integrations import NestConfig
+
+    retriever = corpus_index.as_retriever(similarity_top_k=20)
+    off = NestLLM(retriever=retriever, nest_config=NestConfig(retrieval=False, max_new_tokens=24))
+    result = off.complete(QUESTION).raw["nest"]
+    assert result["stats"]["tokens_copied"] == 0 and not result["citations"]
+    assert 0 < result["stats"]["tokens_generated"] <= 24 and off.metadata.num_output == 24
+    assert off.complete(QUESTION, max_tokens=8).raw["nest"]["stats"]["tokens_generated"] <= 8
+    on = NestLLM(retriever=retriever, max_tokens=24)
+    assert on.complete(QUESTION).raw["nest"]["stats"]["tokens_copied"] > 0

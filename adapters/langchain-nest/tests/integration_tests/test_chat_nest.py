@@ -206,3 +206,18 @@ def test_engine_bridge_uses_any_langchain_retriever(vectorstore) -> None:
     assert hits[0].passage.start is not None  # start_index from the documents' metadata
     result = shared_engine().generate(QUESTION, passages=bridge.retrieve(QUESTION, k=20), max_new_tokens=32)
     assert result.citations
+
+
+def test_nest_config_is_applied_and_call_arguments_win(vectorstore) -> None:
+    from nest_integrations import NestConfig
+
+    retriever = vectorstore.as_retriever(search_kwargs={"k": 20})
+    off = ChatNest(retriever=retriever, nest_config=NestConfig(retrieval=False, max_new_tokens=24, stop=["\n\n"]))
+    msg = off.invoke(QUESTION)
+    assert msg.response_metadata["nest"]["tokens_copied"] == 0 and not annotations(msg)
+    assert 0 < msg.usage_metadata["output_tokens"] <= 24 and "\n\n" not in msg.text
+    assert off._identifying_params["nest_config"]["retrieval"] is False
+    # A field or call argument overrides the same value of nest_config.
+    assert off.invoke(QUESTION, max_tokens=8).usage_metadata["output_tokens"] <= 8
+    on = ChatNest(retriever=retriever, max_tokens=24)
+    assert on.invoke(QUESTION).response_metadata["nest"]["tokens_copied"] > 0

@@ -6,8 +6,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from langchain_core.output_parsers import StrOutputParser
@@ -30,7 +32,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def chroma_client(tmp_path_factory) -> Iterator[object]:
-    exe = shutil.which("chroma")
+    # The `chroma` command sits next to this interpreter even when its venv is not activated.
+    beside = Path(sys.executable).parent / "chroma"
+    exe = str(beside) if beside.is_file() else shutil.which("chroma")
     assert exe, "the chromadb package provides the `chroma` command"
     port = _free_port()
     env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}

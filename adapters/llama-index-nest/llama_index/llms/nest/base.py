@@ -22,7 +22,15 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import QueryBundle
 
-from nest_integrations import NestConfig, NestEngine, NestResult, ScoredPassage, ashared_engine, shared_engine
+from nest_integrations import (
+    NestConfig,
+    NestEngine,
+    NestResult,
+    ScoredPassage,
+    ashared_engine,
+    default_config,
+    shared_engine,
+)
 from nest_integrations.lm import DEFAULT_MODEL, EMBEDDED_MODEL_NAME, context_length_of
 
 from .retrievers import nodes_to_passages
@@ -63,7 +71,10 @@ class NestLLM(CustomLLM):
 
     model: str = Field(default=DEFAULT_MODEL, description="'default' (embedded SmolLM2), an HF id or a local path.")
     retriever: BaseRetriever | None = Field(default=None, description="First stage (any LlamaIndex retriever).")
-    nest_config: NestConfig = Field(default_factory=NestConfig, description="NEST hyperparameters.")
+    nest_config: NestConfig | None = Field(
+        default=None,
+        description="NEST hyperparameters; None: the model's default (calibrated for the embedded model).",
+    )
     temperature: float = Field(default=0.0, ge=0.0, description="0: greedy; above 0: sampling at this temperature.")
     max_tokens: int | None = Field(default=None, description="Maximum new tokens (default: nest_config's).")
     top_p: float | None = None
@@ -88,13 +99,16 @@ class NestLLM(CustomLLM):
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(
             context_window=context_length_of(self.model),
-            num_output=self.max_tokens or self.nest_config.max_new_tokens,
+            num_output=self.max_tokens or (self.nest_config or default_config(self.model_name)).max_new_tokens,
             is_chat_model=True,
             model_name=self.model_name,
         )
 
     def _overrides(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"stop": list(dict.fromkeys([*(self.stop or []), *(kwargs.get("stop") or [])]))}
+        # The model's own settings first; the fields and the call's arguments override them.
+        out: dict[str, Any] = self.nest_config.model_dump() if self.nest_config is not None else {}
+        stops = [*out.get("stop", []), *(self.stop or []), *(kwargs.get("stop") or [])]
+        out["stop"] = list(dict.fromkeys(stops))
         if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
             out["max_new_tokens"] = max_tokens
         temperature = kwargs.get("temperature", self.temperature)

@@ -1,0 +1,90 @@
+"""How relevant each retrieved passage is to the query, on a 0-1 scale relative to the best one.
+
+NEST's token search matches hidden states, which encode syntax more than topic: after
+"Robert Boulter is an" the nearest keys can be "Clayton Kershaw is an ..." in another
+article (issue 7). The passage relevance computed here lets the decoder leave passages that
+the query is not about out of the token search. Two signals, both relative to the best
+passage of the same query:
+
+- ``score``: the first stage's scores, min-max scaled (many retrievers return none);
+- ``query_terms``: the share of the query's content words, weighted by rarity among the
+  retrieved passages, that the passage (title and text) contains. It needs no scores, so
+  it works over any vector store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from .passages.stopwords import stopwords
+from .passages.types import Passage
+
+RelevanceSignal = Literal["score", "query_terms", "both"]
+
+_WORD = re.compile(r"\w+")
+
+
+def relative_scores(scores: Sequence[float]) -> torch.Tensor:
+    """First-stage scores min-max scaled to [0, 1] (1: the best passage); all ones when they tie."""
+    s = torch.tensor(list(scores), dtype=torch.float32)
+    if not s.numel():
+        return s
+    spread = s.max() - s.min()
+    return (s - s.min()) / spread if spread > 0 else torch.ones_like(s)
+
+
+def _terms(text: str) -> set[str]:
+    stop = stopwords()
+    return {w for w in _WORD.findall(text.lower()) if w not in stop}
+
+
+def query_term_overlap(query: str, passages: Sequence[Passage]) -> torch.Tensor:
+    """Rarity-weighted share of the query's content words found in each passage, divided by the best share.
+
+    A word found in every retrieved passage says nothing about which one the query is about,
+    so words are weighted by an inverse document frequency over these passages. All ones
+    when the query has no content words or no passage contains any of them.
+    """
+    n = len(passages)
+    wanted = _terms(query)
+    if not n or not wanted:
+        return torch.ones(n)
+    contents = [_terms(f"{p.title} {p.text}") for p in passages]
+    idf = {w: math.log(1 + (n + 1) / (0.5 + sum(w in c for c in contents))) for w in wanted}
+    total = sum(idf.values())
+    share = torch.tensor([sum(idf[w] for w in wanted & c) / total for c in contents], dtype=torch.float32)
+    best = share.max()
+    return share / best if best > 0 else torch.ones(n)
+
+
+def per_source(relevance: torch.Tensor, passages: Sequence[Passage]) -> torch.Tensor:
+    """Each passage gets the best relevance among the retrieved passages of its source document.
+
+    Wrong sources are a matter of documents: the passage that continues a relevant one, or
+    that a long query shares few words with, belongs to a relevant source all the same.
+    Passages without a document id or title are their own source.
+    """
+    sources = [p.document_id or p.title or f"\x00{i}" for i, p in enumerate(passages)]
+    best: dict[str, float] = {}
+    for source, r in zip(sources, relevance.tolist(), strict=True):
+        best[source] = max(best.get(source, 0.0), r)
+    return torch.tensor([best[s] for s in sources], dtype=torch.float32)
+
+
+def passage_relevance(
+    query: str, passages: Sequence[Passage], scores: Sequence[float] | None, signal: RelevanceSignal
+) -> torch.Tensor:
+    """Relevance in [0, 1] per passage (1: its source is as relevant as the best) from the chosen signal.
+
+    ``both`` takes the smaller of the two, so a passage must look relevant to both; without
+    scores (None or all equal) the score signal says nothing and counts as 1.
+    """
+    by_score = relative_scores(scores) if scores is not None else torch.ones(len(passages))
+    by_terms = query_term_overlap(query, passages) if signal != "score" else by_score
+    rel = by_score if signal == "score" else by_terms if signal == "query_terms" else torch.minimum(by_score, by_terms)
+    return per_source(rel, passages)

@@ -1,0 +1,33 @@
+"""NestConfig defaults, the paper's settings, and the calibrated config shipped for the embedded model."""
+
+import json
+
+from nest_integrations import NestConfig, default_config
+from nest_integrations.config import calibration_file
+from nest_integrations.lm import EMBEDDED_MODEL_NAME
+
+
+def test_paper_settings_switch_the_guards_off_and_keep_the_official_values() -> None:
+    paper = NestConfig.paper()
+    assert (paper.min_passage_relevance, paper.passage_prior, paper.context_guard) == (0.0, 0.0, False)
+    assert (paper.alpha, paper.tau, paper.beta, paper.gamma, paper.num_neighbors) == (0.3, 0.1, 0.5, 5e-4, 1024)
+    assert paper.lm_temperature == 0.7 and paper.span_window == 64 and paper.num_passages == 20
+    ours = NestConfig()
+    assert ours.context_guard and ours.min_passage_relevance > 0
+    assert NestConfig.paper(alpha=0.2).alpha == 0.2
+
+
+def test_the_embedded_model_ships_a_calibrated_config_that_loads() -> None:
+    path = calibration_file(EMBEDDED_MODEL_NAME)
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["calibration"]["model"] == EMBEDDED_MODEL_NAME
+    assert default_config(EMBEDDED_MODEL_NAME) == NestConfig.model_validate(record["config"])
+    # Attribution above the floor it was fitted with, on the held-in prompts.
+    assert record["calibration"]["chosen"]["attribution_ratio"] >= 0.5
+
+
+def test_models_without_calibration_get_the_defaults(tmp_path) -> None:
+    assert default_config("someone/unknown-model") == NestConfig()
+    plain = tmp_path / "plain.json"
+    NestConfig(alpha=0.25).to_file(plain)
+    assert NestConfig.from_file(plain).alpha == 0.25

@@ -1,0 +1,56 @@
+"""Passage relevance: first-stage scores and query-term overlap, relative to the best passage."""
+
+import pytest
+import torch
+
+from nest_integrations import Passage
+from nest_integrations.relevance import passage_relevance, query_term_overlap, relative_scores
+
+BOULTER = Passage(id="b", title="Robert Boulter", text="He had a guest role in The Bill in 2000.")
+KERSHAW = Passage(id="k", title="Clayton Kershaw", text="Kershaw is an American professional baseball pitcher.")
+ROBERT = Passage(id="r", title="Robert Gore", text="Robert Gore was a lawyer.")
+
+
+def test_relative_scores_scale_to_the_best_and_ties_count_as_relevant() -> None:
+    assert relative_scores([2.0, 4.0, 3.0]).tolist() == [0.0, 1.0, 0.5]
+    assert relative_scores([1.0, 1.0]).tolist() == [1.0, 1.0]
+    assert relative_scores([]).numel() == 0
+
+
+def test_query_terms_find_the_asked_entity_through_the_title() -> None:
+    rel = query_term_overlap("Tell me about Robert Boulter.", [BOULTER, KERSHAW, ROBERT])
+    assert rel[0] == 1.0 and rel[1] == 0.0
+    # "robert" is in two of three passages, "boulter" in one: sharing only "robert" counts less than half.
+    assert 0.0 < rel[2] < 0.5
+
+
+def test_query_without_content_words_or_matches_says_nothing() -> None:
+    assert query_term_overlap("Tell me about it.", [BOULTER, KERSHAW]).tolist() == [1.0, 1.0]
+    assert query_term_overlap("Zorblax?", [BOULTER, KERSHAW]).tolist() == [1.0, 1.0]
+
+
+def test_both_signals_must_agree_and_missing_scores_count_as_one() -> None:
+    passages = [BOULTER, KERSHAW]
+    query = "Tell me about Robert Boulter."
+    assert passage_relevance(query, passages, [0.0, 1.0], "score").tolist() == [0.0, 1.0]
+    assert passage_relevance(query, passages, [0.0, 1.0], "both").tolist() == [0.0, 0.0]
+    assert passage_relevance(query, passages, None, "both").tolist() == [1.0, 0.0]
+    torch.testing.assert_close(passage_relevance(query, passages, None, "score"), torch.ones(2))
+
+
+@pytest.mark.parametrize("signal", ["score", "query_terms", "both"])
+def test_relevance_is_between_zero_and_one(signal) -> None:
+    rel = passage_relevance("Robert baseball", [BOULTER, KERSHAW, ROBERT], [3.0, -1.0, 0.5], signal)
+    assert rel.shape == (3,) and bool(((rel >= 0) & (rel <= 1)).all())
+    if signal != "both":  # the smaller of two signals need not reach 1 anywhere
+        assert float(rel.max()) == 1.0
+
+
+def test_a_source_is_as_relevant_as_its_best_passage() -> None:
+    boulter_later = Passage(id="b2", title="Robert Boulter", document_id="Robert_Boulter", text="In 2003 he starred.")
+    boulter = BOULTER.model_copy(update={"document_id": "Robert_Boulter"})
+    kershaw = KERSHAW.model_copy(update={"document_id": "Clayton_Kershaw"})
+    rel = passage_relevance(
+        "What did Boulter do? He starred", [boulter, boulter_later, kershaw], [3.0, 0.0, 1.0], "score"
+    )
+    assert rel.tolist() == [1.0, 1.0, pytest.approx(1 / 3)]
