@@ -99,7 +99,8 @@ class NestDecoder:
         if config.seed is not None:
             self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.last_token = -1  # the token the next one follows (set from the prompt in ``run``)
-        self.boundary = lm.boundary_tokens.to(lm.device) if config.context_guard else None
+        guarded = config.context_guard and self.index is not None
+        self.boundary = lm.boundary_tokens.to(lm.device) if guarded else None
         # Keys after which a copy starts a sentence: the passage text's first token, or after . ! ? \n
         self.boundary_keys: torch.Tensor | None = None
         if self.index is not None and self.boundary is not None:

@@ -130,3 +130,23 @@ def test_a_worker_process_runs_one_system_and_reports_its_own_peak_rss() -> None
     (m,) = [measurement_from_dict(d) for d in report["measurements"]]
     assert m.system == "e: NEST warm cache" and 0 < m.tokens <= 4
     assert list(report["peak_rss_mib"]) == [m.system] and report["peak_rss_mib"][m.system] > 100
+
+
+@pytest.mark.slow
+def test_gpu_overhead_script_runs_on_cpu() -> None:
+    """benchmarks/gpu_overhead.py waits for a GPU session; this keeps it from rotting meanwhile."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).parents[1] / "benchmarks" / "gpu_overhead.py"
+    spec = importlib.util.spec_from_file_location("gpu_overhead", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cpu = torch.device("cpu")
+    rows = module.verification_cost("135M", cpu, torch.float32, context=32, ns=[1, 8], repeats=1)
+    assert [r["n"] for r in rows] == [1, 8] and rows[0]["x_one_step"] == 1.0 and rows[1]["ms"] > 0
+    knn = module.knn_overhead(cpu, dim=64, keys=2000, positions=4, repeats=1)
+    assert knn["keys"] == 2000 and knn["search_knn_mixture_ms"] > 0
