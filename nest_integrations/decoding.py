@@ -99,12 +99,12 @@ class NestDecoder:
         if config.seed is not None:
             self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.last_token = -1  # the token the next one follows (set from the prompt in ``run``)
-        guarded = config.context_guard and self.index is not None
-        self.boundary = lm.boundary_tokens.to(lm.device) if guarded else None
+        self.after_boundary = False  # whether last_token ends a sentence or is special (a Python bool: no sync)
         # Keys after which a copy starts a sentence: the passage text's first token, or after . ! ? \n
         self.boundary_keys: torch.Tensor | None = None
-        if self.index is not None and self.boundary is not None:
-            self.boundary_keys = self.index.key_starts_text | self.boundary[self.index.key_tokens]
+        if self.index is not None and config.context_guard:
+            boundary = lm.boundary_tokens.to(self.index.device)
+            self.boundary_keys = self.index.key_starts_text | boundary[self.index.key_tokens]
 
     # Distributions -------------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class NestDecoder:
         """Decode up to ``max_new_tokens`` tokens after the prompt, yielding each step."""
         runner = _LMRunner(self.lm, need_hidden=self.index is not None)
         logits, hidden = runner.forward(prompt_ids)
-        self.last_token = prompt_ids[-1]
+        self._follow(prompt_ids[-1])
         m = self._mixture(logits[-1:], None if hidden is None else hidden[-1:], self._answer_start_keys())
         produced = 0
         continuation: tuple[int, int] | None = None  # (passage, next token position) after a full accept
@@ -215,9 +215,7 @@ class NestDecoder:
     def _answer_start_keys(self) -> torch.Tensor | None:
         """With the context guard, an answer that starts at a sentence boundary (a chat turn)
         takes its k-NN mass only from keys that start sentences, so it cannot open mid-sentence."""
-        if self.boundary_keys is None or self.boundary is None or not bool(self.boundary[self.last_token]):
-            return None
-        return self.boundary_keys
+        return self.boundary_keys if self.after_boundary else None
 
     def _ended(self, step: DecodeStep) -> bool:
         if step.tokens and step.tokens[-1] in self.eos:
@@ -238,10 +236,10 @@ class NestDecoder:
         # The search may predate the masking of the span just copied: skip keys masked since.
         keys = m.nb_idx[0]
         allowed = self._searchable(m)
-        if self.boundary is not None and self.boundary_keys is not None:
+        if self.boundary_keys is not None:
             # Left-context agreement: the key's own token is the last output token, or both end a sentence.
             agree = self.index.key_tokens[keys] == self.last_token
-            if bool(self.boundary[self.last_token]):
+            if self.after_boundary:
                 agree |= self.boundary_keys[keys]
             allowed &= agree
         keys = keys[allowed]
@@ -295,10 +293,16 @@ class NestDecoder:
             at = self._mixture(logits, hidden)
         return step, at, None
 
+    def _follow(self, token: int) -> None:
+        """Make ``token`` the left context of the next step."""
+        self.last_token = token
+        if self.boundary_keys is not None:
+            self.after_boundary = bool(self.lm.boundary_tokens[token])  # a CPU lookup
+
     def _record(self, step: DecodeStep) -> None:
         """Note a step's tokens as output: the last one is the new left context; copied ones are masked."""
         if step.tokens:
-            self.last_token = step.tokens[-1]
+            self._follow(step.tokens[-1])
         if self.index is None or not self.cfg.mask_copied:
             return
         for p in step.provenance:

@@ -179,20 +179,21 @@ class NestEngine:
         query: str | None,
     ) -> Iterator[NestChunk]:
         stats = NestStats(prompt_tokens=len(prompt_ids))
+        query = query or last_user_text(messages)
         t0 = time.perf_counter()
         scored: list[ScoredPassage] = []
         if cfg.retrieval:
             if given is not None:
                 scored = [p if isinstance(p, ScoredPassage) else ScoredPassage(passage=p) for p in given]
             else:
-                scored = self.retrieve(query or last_user_text(messages), cfg.num_passages)
+                scored = self.retrieve(query, cfg.num_passages)
         t1 = time.perf_counter()
         misses = self.encoder.misses
         encoded = self.encoder.encode([s.passage for s in scored]) if scored else []
         index = None
         if encoded:
             relevance = passage_relevance(
-                query or last_user_text(messages),
+                query,
                 [s.passage for s in scored],
                 [s.score for s in scored],
                 cfg.passage_relevance,

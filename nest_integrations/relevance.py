@@ -85,6 +85,7 @@ def passage_relevance(
     scores (None or all equal) the score signal says nothing and counts as 1.
     """
     by_score = relative_scores(scores) if scores is not None else torch.ones(len(passages))
-    by_terms = query_term_overlap(query, passages) if signal != "score" else by_score
-    rel = by_score if signal == "score" else by_terms if signal == "query_terms" else torch.minimum(by_score, by_terms)
-    return per_source(rel, passages)
+    if signal == "score":
+        return per_source(by_score, passages)
+    by_terms = query_term_overlap(query, passages)
+    return per_source(by_terms if signal == "query_terms" else torch.minimum(by_score, by_terms), passages)
