@@ -70,7 +70,8 @@ class NestConfig(BaseModel):
         le=1.0,
         description=(
             "Leave passages whose source's relevance to the query, relative to the best (0-1), is below this "
-            "out of the token search: no k-NN mass and no copying from them (0: every passage is searched, "
+            "out of the token search (they are not even encoded): no k-NN mass and no copying from them "
+            "(0: every passage is searched, "
             "as in the paper). A source is a document: its passages share their best relevance."
         ),
     )

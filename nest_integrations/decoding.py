@@ -227,7 +227,7 @@ class NestDecoder:
         """Which of the first row's neighbours may still be used: found by the search, not masked since."""
         assert self.index is not None and m.nb_idx is not None and m.nb_found is not None
         keys = m.nb_idx[0]
-        return m.nb_found[0] & ~(self.index.masked | self.index.excluded)[keys]
+        return m.nb_found[0] & ~self.index.masked[keys]
 
     def _propose(self, m: _Mixture) -> tuple[int, int] | None:
         """Dynamic span selection: when lambda < beta, the span after the best neighbour."""

@@ -189,16 +189,18 @@ class NestEngine:
                 scored = self.retrieve(query, cfg.num_passages)
         t1 = time.perf_counter()
         misses = self.encoder.misses
-        encoded = self.encoder.encode([s.passage for s in scored]) if scored else []
+        # Sources under the relevance threshold are never searched, so they are not encoded either.
+        searched: list[ScoredPassage] = []
         index = None
-        if encoded:
+        if scored:
             relevance = passage_relevance(
-                query,
-                [s.passage for s in scored],
-                [s.score for s in scored],
-                cfg.passage_relevance,
+                query, [s.passage for s in scored], [s.score for s in scored], cfg.passage_relevance
             )
-            index = TokenIndex(encoded, self.lm.device, relevance, min_relevance=cfg.min_passage_relevance)
+            relevant = (relevance >= cfg.min_passage_relevance).nonzero().flatten().tolist()
+            searched = [scored[i] for i in relevant]
+        encoded = self.encoder.encode([s.passage for s in searched]) if searched else []
+        if encoded:
+            index = TokenIndex(encoded, self.lm.device, relevance[relevant])
         t2 = time.perf_counter()
         stats.first_stage_seconds, stats.token_index_seconds = t1 - t0, t2 - t1
         stats.passages, stats.passages_encoded = len(scored), self.encoder.misses - misses
@@ -229,7 +231,7 @@ class NestEngine:
             while safe > emitted and text[safe - 1] == "\ufffd":
                 safe -= 1
             if safe > emitted:
-                citations = build_citations(text, starts, ends, provenance, scored, encoded)
+                citations = build_citations(text, starts, ends, provenance, searched, encoded)
                 # A citation is final once later text exists after it (its run cannot grow).
                 limit = min(safe, _open_run_start(starts, provenance, len(text)))
                 done = [c for c in citations if c.output_end <= limit]
@@ -248,7 +250,7 @@ class NestEngine:
             text = text[:stop_at]
             keep = sum(1 for s in starts if s < stop_at)
             tokens, provenance, starts, ends = tokens[:keep], provenance[:keep], starts[:keep], ends[:keep]
-        citations = clip_citations(build_citations(text, starts, ends, provenance, scored, encoded), len(text))
+        citations = clip_citations(build_citations(text, starts, ends, provenance, searched, encoded), len(text))
         result = NestResult(
             text=text,
             citations=citations,

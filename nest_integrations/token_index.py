@@ -176,11 +176,8 @@ class TokenIndex:
         encoded: Sequence[EncodedPassage],
         device: torch.device,
         relevance: torch.Tensor | None = None,
-        *,
-        min_relevance: float = 0.0,
     ) -> None:
-        """``relevance``: per passage, 0-1 relative to the best (see ``relevance.py``); keys of
-        passages below ``min_relevance`` are left out of every search."""
+        """``relevance``: per passage, 0-1 relative to the best (see ``relevance.py``)."""
         self.passages = list(encoded)
         self.device = device
         self.relevance = (relevance if relevance is not None else torch.ones(len(self.passages))).to(device)
@@ -216,7 +213,6 @@ class TokenIndex:
         ).to(device)
         self.key_sq_norms = (self.keys.float() ** 2).sum(-1) if len(self) else torch.zeros(0, device=device)
         self.masked = torch.zeros(len(self), dtype=torch.bool, device=device)
-        self.excluded = self.relevance[self.key_passage] < min_relevance
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -226,12 +222,12 @@ class TokenIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared L2 distances (n, k) ascending and key indices (n, k) of the k = min(r, N) nearest keys.
 
-        Masked (copied) and excluded keys, and keys outside ``only`` (bool (N,)) when given,
-        come last with infinite distance.
+        Masked (copied) keys, and keys outside ``only`` (bool (N,)) when given, come last
+        with infinite distance.
         """
         q = queries.to(self.device, torch.float32)  # (n, D)
         d = (q**2).sum(-1, keepdim=True) - 2 * q @ self.keys.float().T + self.key_sq_norms  # (n, N)
-        unusable = self.masked | self.excluded
+        unusable = self.masked
         if only is not None:
             unusable = unusable | ~only
         d = d.clamp_(min=0.0).masked_fill_(unusable, float("inf"))
@@ -261,8 +257,8 @@ class TokenIndex:
 
     @property
     def all_masked(self) -> bool:
-        """Whether no key can be found any more (all copied or excluded)."""
-        return bool((self.masked | self.excluded).all().item()) if len(self) else True
+        """Whether no key can be found any more (all copied)."""
+        return bool(self.masked.all().item()) if len(self) else True
 
 
 class KeyStore:

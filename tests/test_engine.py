@@ -202,6 +202,8 @@ def test_no_citation_of_boulters_answer_points_to_another_article(
         passages = None
     result = engine.generate(question, passages=passages, num_passages=18)
     assert result.citations and result.stats.attribution_ratio >= 0.5
+    # The other articles' passages are left out before encoding: only Boulter's six are encoded.
+    assert result.stats.passages == 18 and result.stats.passages_encoded == 6
     assert all(c.document_id == "Robert_Boulter" for c in result.citations), [
         (c.document_id, c.quote) for c in result.citations if c.document_id != "Robert_Boulter"
     ]
