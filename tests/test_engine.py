@@ -32,7 +32,7 @@ def documents() -> dict[str, str]:
 def plain_greedy(lm, prompt: str, n: int) -> list[int]:
     ids = build_prompt_ids(lm.tokenizer, normalize_messages(prompt))
     with torch.inference_mode():
-        out = lm.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
+        out = lm.model.generate(torch.tensor([ids], device=lm.device), max_new_tokens=n, do_sample=False)
     new = out[0, len(ids) :].tolist()
     return [t for t in new if t not in lm.eos_token_ids]
 

@@ -4,7 +4,7 @@ import importlib.util
 import pytest
 
 from nest_integrations import ModelNotFoundError
-from nest_integrations.lm import build_prompt_ids, find_embedded_gguf, normalize_messages
+from nest_integrations.lm import build_prompt_ids, choose_dtype, find_embedded_gguf, normalize_messages
 
 
 def test_embedded_model_is_found_without_importing_its_package() -> None:
@@ -25,9 +25,14 @@ def test_missing_embedded_model_names_the_install_command(monkeypatch) -> None:
         find_embedded_gguf()
 
 
-def test_default_model_loads_on_cpu_in_float32(lm) -> None:
+def test_default_model_loads_on_the_available_device_in_its_dtype(lm) -> None:
+    # float32 on CPU; on a GPU, bfloat16 (float16 where bf16 is unsupported).
+    import torch
+
     assert lm.name == "SmolLM2-135M-Instruct"
-    assert lm.device.type == "cpu" and str(lm.dtype) == "torch.float32"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert lm.device.type == expected and lm.dtype == choose_dtype(lm.device, None)
+    assert lm.model.dtype == lm.dtype and next(lm.model.parameters()).device.type == expected
     assert lm.hidden_size == 576 and lm.eos_token_ids
 
 
