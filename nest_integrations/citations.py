@@ -54,6 +54,10 @@ class NestStats(BaseModel):
     mean_accepted_span: float = 0.0
     passages: int = 0
     passages_encoded: int = Field(0, description="Passages run through the LM (cache misses).")
+    passages_searched: int = Field(0, description="Passages in the token search (relevant, not gated).")
+    source_coverage: float | None = Field(
+        None, description="Share of the query's key terms (names, numbers) in the best source; None without any."
+    )
     first_stage_seconds: float = 0.0
     token_index_seconds: float = 0.0
     decoding_seconds: float = 0.0

@@ -63,6 +63,8 @@ def format_answer(result: NestResult) -> str:
             )
             marks.append(f'[{n}] {c.title or c.passage_id} ({where}): "{c.quote}"')
     s = result.stats
+    if s.passages and not s.passages_searched:
+        marks.append("\n(No retrieved passage is about the query: answered by the model alone, nothing cited.)")
     marks.append(
         f"\n{s.tokens_generated} tokens, {s.tokens_copied} copied ({s.attribution_ratio:.0%}), "
         f"{s.spans_accepted}/{s.spans_proposed} spans accepted, {s.tokens_per_second:.1f} tokens/s"

@@ -75,6 +75,16 @@ class NestConfig(BaseModel):
             "as in the paper). A source is a document: its passages share their best relevance."
         ),
     )
+    min_source_coverage: float = Field(
+        0.75,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Decode with the plain LM (no k-NN, no copying, no citations) when no retrieved source contains at "
+            "least this share of the query's key terms (its names and numbers): then no source is about the "
+            "query. Queries without key terms are not gated (0: never gate, as in the paper)."
+        ),
+    )
     passage_relevance: Literal["score", "query_terms", "both"] = Field(
         "query_terms",
         description=(
@@ -116,7 +126,15 @@ class NestConfig(BaseModel):
     @classmethod
     def paper(cls, **overrides: Any) -> NestConfig:
         """The paper's official settings exactly: the guards this project adds switched off."""
-        return cls(**{"min_passage_relevance": 0.0, "passage_prior": 0.0, "context_guard": False, **overrides})
+        return cls(
+            **{
+                "min_passage_relevance": 0.0,
+                "min_source_coverage": 0.0,
+                "passage_prior": 0.0,
+                "context_guard": False,
+                **overrides,
+            }
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> NestConfig:

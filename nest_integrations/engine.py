@@ -23,7 +23,7 @@ from .decoding import NestDecoder
 from .lm import DEFAULT_MODEL, LoadedLM, Message, build_prompt_ids, last_user_text, load_lm, normalize_messages
 from .passages.retriever import PassageRetriever, StaticRetriever
 from .passages.types import Passage, ScoredPassage
-from .relevance import passage_relevance
+from .relevance import passage_relevance, source_coverage
 from .token_index import KeyStore, PassageEncoder, TokenIndex
 
 
@@ -193,6 +193,10 @@ class NestEngine:
         searched: list[ScoredPassage] = []
         index = None
         if scored:
+            stats.source_coverage = source_coverage(query, [s.passage for s in scored])
+        # No source names what the query asks about: copying from any of them would cite the wrong one.
+        gated = stats.source_coverage is not None and stats.source_coverage < cfg.min_source_coverage
+        if scored and not gated:
             relevance = passage_relevance(
                 query, [s.passage for s in scored], [s.score for s in scored], cfg.passage_relevance
             )
@@ -204,6 +208,7 @@ class NestEngine:
         t2 = time.perf_counter()
         stats.first_stage_seconds, stats.token_index_seconds = t1 - t0, t2 - t1
         stats.passages, stats.passages_encoded = len(scored), self.encoder.misses - misses
+        stats.passages_searched = len(searched)
 
         decoder = NestDecoder(self.lm, cfg, index)
         tokens: list[int] = []

@@ -10,6 +10,11 @@ passage of the same query:
 - ``query_terms``: the share of the query's content words, weighted by rarity among the
   retrieved passages, that the passage (title and text) contains. It needs no scores, so
   it works over any vector store.
+
+Both are relative, so they cannot tell when *no* retrieved source is about the query. For
+that, :func:`source_coverage` is absolute: the share of the query's key terms (names and
+numbers) that the best source contains. A source without the names the query asks about
+is not about it, whatever the phrasing of the question.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .passages.types import Passage
 RelevanceSignal = Literal["score", "query_terms", "both"]
 
 _WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def relative_scores(scores: Sequence[float]) -> torch.Tensor:
@@ -60,6 +66,38 @@ def query_term_overlap(query: str, passages: Sequence[Passage]) -> torch.Tensor:
     share = torch.tensor([sum(idf[w] for w in wanted & c) / total for c in contents], dtype=torch.float32)
     best = share.max()
     return share / best if best > 0 else torch.ones(n)
+
+
+def key_terms(query: str) -> set[str]:
+    """The query's names and numbers, lowercased: capitalised words that do not open a sentence, and words with a digit.
+
+    A sentence's first word is capitalised whatever it is ("Tell", "Which"), so it is not
+    taken as a name. Stopwords never count ("I", "You"). Empty for an all-lowercase query.
+    """
+    stop = stopwords()
+    terms: set[str] = set()
+    for sentence in _SENTENCE_END.split(query.strip()):
+        for i, word in enumerate(_WORD.findall(sentence)):
+            name = i > 0 and word[0].isupper()
+            if (name or any(c.isdigit() for c in word)) and word.lower() not in stop:
+                terms.add(word.lower())
+    return terms
+
+
+def source_coverage(query: str, passages: Sequence[Passage]) -> float | None:
+    """The largest share of the query's key terms that one source's retrieved passages contain; None without key terms.
+
+    A source is a document (as in :func:`per_source`); its passages' titles and texts count
+    together. 1.0 when some source names everything the query names.
+    """
+    wanted = key_terms(query)
+    if not wanted:
+        return None
+    found: dict[str, set[str]] = {}
+    for i, p in enumerate(passages):
+        words = found.setdefault(p.document_id or p.title or f"\x00{i}", set())
+        words.update(w for w in _WORD.findall(f"{p.title} {p.text}".lower()) if w in wanted)
+    return max((len(w) / len(wanted) for w in found.values()), default=0.0)
 
 
 def per_source(relevance: torch.Tensor, passages: Sequence[Passage]) -> torch.Tensor:

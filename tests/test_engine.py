@@ -242,3 +242,17 @@ def test_context_guard_starts_spans_only_after_agreeing_left_context(lm, three_a
             assert before == previous or (bool(boundary[previous]) and (bool(boundary[before]) or starts_text))
         previous, first = step.tokens[-1], False
     assert spans >= 2
+
+
+@pytest.mark.slow
+def test_no_source_about_the_query_decodes_with_the_plain_lm(lm, three_articles) -> None:
+    """Held out: Boulter's article is not among the passages, so nothing may be copied or cited."""
+    others = [p for p in three_articles if p.document_id != "Robert_Boulter"]
+    prompt = "Tell me about Robert Boulter."
+    result = NestEngine(lm).generate(prompt, passages=others, max_new_tokens=32)
+    assert result.text == lm.tokenizer.decode(plain_greedy(lm, prompt, 32))
+    assert result.citations == [] and len(result.passages) == len(others)
+    assert result.stats.passages_searched == 0 and result.stats.source_coverage == 0.0
+    # The paper's settings have no such gate and copy from the other articles.
+    paper = NestEngine(lm, config=NestConfig.paper()).generate(prompt, passages=others, max_new_tokens=32)
+    assert paper.citations and {c.document_id for c in paper.citations} <= {"Du_Fu", "Clayton_Kershaw"}

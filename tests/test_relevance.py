@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from nest_integrations import Passage
-from nest_integrations.relevance import passage_relevance, query_term_overlap, relative_scores
+from nest_integrations.relevance import (
+    key_terms,
+    passage_relevance,
+    query_term_overlap,
+    relative_scores,
+    source_coverage,
+)
 
 BOULTER = Passage(id="b", title="Robert Boulter", text="He had a guest role in The Bill in 2000.")
 KERSHAW = Passage(id="k", title="Clayton Kershaw", text="Kershaw is an American professional baseball pitcher.")
@@ -54,3 +60,33 @@ def test_a_source_is_as_relevant_as_its_best_passage() -> None:
         "What did Boulter do? He starred", [boulter, boulter_later, kershaw], [3.0, 0.0, 1.0], "score"
     )
     assert rel.tolist() == [1.0, 1.0, pytest.approx(1 / 3)]
+
+
+@pytest.mark.parametrize(
+    ("query", "terms"),
+    [
+        ("Tell me about Robert Boulter.", {"robert", "boulter"}),
+        ("Which television series did Robert Boulter appear in?", {"robert", "boulter"}),
+        ("When did the 1933 hurricane hit Florida?", {"1933", "florida"}),
+        ("He met Du Fu in Chang'an. Then he left.", {"du", "fu", "chang"}),
+        ("who sang kiss you", set()),
+        ("Describe it. Explain why.", set()),
+    ],
+)
+def test_key_terms_are_names_and_numbers_not_sentence_openers(query, terms) -> None:
+    assert key_terms(query) == terms
+
+
+def test_source_coverage_is_absolute_and_counts_a_document_as_one_source() -> None:
+    query = "Tell me about Robert Boulter."
+    assert source_coverage(query, [BOULTER, KERSHAW]) == 1.0
+    # Only "Robert" (of Robert Gore) is found: no source is about Boulter.
+    assert source_coverage(query, [KERSHAW, ROBERT]) == 0.5
+    assert source_coverage(query, []) == 0.0
+    assert source_coverage("who is he?", [BOULTER]) is None
+    halves = [
+        Passage(id="1", text="Robert was born in 1977.", document_id="d"),
+        Passage(id="2", text="Boulter acted on stage.", document_id="d"),
+    ]
+    assert source_coverage(query, halves) == 1.0
+    assert source_coverage(query, [h.model_copy(update={"document_id": None}) for h in halves]) == 0.5
