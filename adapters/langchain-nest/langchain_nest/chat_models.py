@@ -119,9 +119,10 @@ class ChatNest(NestParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        passages = self._passages(self._query(messages), run_manager)
+        query = self._query(messages)
+        passages = self._passages(query, run_manager)
         result = self._engine().generate(
-            to_engine_messages(messages), passages=passages, **self._overrides(stop, kwargs)
+            to_engine_messages(messages), passages=passages, query=query, **self._overrides(stop, kwargs)
         )
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
@@ -132,9 +133,10 @@ class ChatNest(NestParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        passages = self._passages(self._query(messages), run_manager)
+        query = self._query(messages)
+        passages = self._passages(query, run_manager)
         for piece in self._engine().stream(
-            to_engine_messages(messages), passages=passages, **self._overrides(stop, kwargs)
+            to_engine_messages(messages), passages=passages, query=query, **self._overrides(stop, kwargs)
         ):
             yield self._chunk(piece)
 
@@ -145,10 +147,11 @@ class ChatNest(NestParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        passages = await self._apassages(self._query(messages), run_manager)
+        query = self._query(messages)
+        passages = await self._apassages(query, run_manager)
         engine = await self._aengine()
         result = await engine.agenerate(
-            to_engine_messages(messages), passages=passages, **self._overrides(stop, kwargs)
+            to_engine_messages(messages), passages=passages, query=query, **self._overrides(stop, kwargs)
         )
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
@@ -159,9 +162,10 @@ class ChatNest(NestParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        passages = await self._apassages(self._query(messages), run_manager)
+        query = self._query(messages)
+        passages = await self._apassages(query, run_manager)
         engine = await self._aengine()
         async for piece in engine.astream(
-            to_engine_messages(messages), passages=passages, **self._overrides(stop, kwargs)
+            to_engine_messages(messages), passages=passages, query=query, **self._overrides(stop, kwargs)
         ):
             yield self._chunk(piece)

@@ -136,8 +136,12 @@ def test_custom_query_from_messages(vectorstore) -> None:
         query_from_messages=lambda msgs: "Clayton Kershaw baseball pitcher",
         max_tokens=32,
     )
-    msg = llm.invoke([SystemMessage("Be brief."), HumanMessage("Tell me about him.")])
-    assert all(a["extras"]["document_id"] == "Clayton_Kershaw" for a in annotations(msg))
+    # The message names no one in the corpus ("Zorblax"): the engine's relevance and source-coverage
+    # checks must use the same query as the first stage, or it would decline to copy anything.
+    msg = llm.invoke([SystemMessage("Be brief."), HumanMessage("Tell me about him, the pitcher Zorblax admired.")])
+    found = annotations(msg)
+    assert found and all(a["extras"]["document_id"] == "Clayton_Kershaw" for a in found)
+    assert msg.response_metadata["nest"]["source_coverage"] == 1.0
 
 
 def test_bad_input(corpus_documents) -> None:

@@ -134,13 +134,15 @@ class NestLLM(CustomLLM):
         return users[-1] if users else prompt[-1]["content"]
 
     def _run(self, prompt: Prompt, kwargs: dict[str, Any]) -> NestResult:
-        passages = self._passages(self._query_of(prompt), kwargs)
-        return self._engine().generate(prompt, passages=passages, **self._overrides(kwargs))
+        query = self._query_of(prompt)
+        passages = self._passages(query, kwargs)
+        return self._engine().generate(prompt, passages=passages, query=query, **self._overrides(kwargs))
 
     async def _arun(self, prompt: Prompt, kwargs: dict[str, Any]) -> NestResult:
-        passages = await self._apassages(self._query_of(prompt), kwargs)
+        query = self._query_of(prompt)
+        passages = await self._apassages(query, kwargs)
         engine = await ashared_engine(self.model, device=self.device, dtype=self.dtype)
-        return await engine.agenerate(prompt, passages=passages, **self._overrides(kwargs))
+        return await engine.agenerate(prompt, passages=passages, query=query, **self._overrides(kwargs))
 
     async def _apassages(self, query: str, kwargs: dict[str, Any]) -> list[ScoredPassage] | None:
         if (given := kwargs.get("nest_passages")) is not None:
@@ -152,18 +154,20 @@ class NestLLM(CustomLLM):
     async def _astream(
         self, prompt: Prompt, kwargs: dict[str, Any]
     ) -> AsyncIterator[tuple[str, str, NestResult | None]]:
-        passages = await self._apassages(self._query_of(prompt), kwargs)
+        query = self._query_of(prompt)
+        passages = await self._apassages(query, kwargs)
         engine = await ashared_engine(self.model, device=self.device, dtype=self.dtype)
         text = ""
-        async for piece in engine.astream(prompt, passages=passages, **self._overrides(kwargs)):
+        async for piece in engine.astream(prompt, passages=passages, query=query, **self._overrides(kwargs)):
             text += piece.text
             yield text, piece.text, piece.result
 
     def _stream(self, prompt: Prompt, kwargs: dict[str, Any]) -> Iterator[tuple[str, str, NestResult | None]]:
         """(text so far, delta, final result on the last item)."""
-        passages = self._passages(self._query_of(prompt), kwargs)
+        query = self._query_of(prompt)
+        passages = self._passages(query, kwargs)
         text = ""
-        for piece in self._engine().stream(prompt, passages=passages, **self._overrides(kwargs)):
+        for piece in self._engine().stream(prompt, passages=passages, query=query, **self._overrides(kwargs)):
             text += piece.text
             yield text, piece.text, piece.result
 
