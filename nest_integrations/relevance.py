@@ -68,6 +68,11 @@ def query_term_overlap(query: str, passages: Sequence[Passage]) -> torch.Tensor:
     return share / best if best > 0 else torch.ones(n)
 
 
+def _source(position: int, passage: Passage) -> str:
+    """The source document a passage belongs to; a passage with no document id or title is its own."""
+    return passage.document_id or passage.title or f"\x00{position}"
+
+
 def key_terms(query: str) -> set[str]:
     """The query's names and numbers, lowercased: capitalised words that do not open a sentence, and words with a digit.
 
@@ -95,7 +100,7 @@ def source_coverage(query: str, passages: Sequence[Passage]) -> float | None:
         return None
     found: dict[str, set[str]] = {}
     for i, p in enumerate(passages):
-        words = found.setdefault(p.document_id or p.title or f"\x00{i}", set())
+        words = found.setdefault(_source(i, p), set())
         words.update(w for w in _WORD.findall(f"{p.title} {p.text}".lower()) if w in wanted)
     return max((len(w) / len(wanted) for w in found.values()), default=0.0)
 
@@ -107,7 +112,7 @@ def per_source(relevance: torch.Tensor, passages: Sequence[Passage]) -> torch.Te
     that a long query shares few words with, belongs to a relevant source all the same.
     Passages without a document id or title are their own source.
     """
-    sources = [p.document_id or p.title or f"\x00{i}" for i, p in enumerate(passages)]
+    sources = [_source(i, p) for i, p in enumerate(passages)]
     best: dict[str, float] = {}
     for source, r in zip(sources, relevance.tolist(), strict=True):
         best[source] = max(best.get(source, 0.0), r)
