@@ -164,8 +164,19 @@ def _cite_run(
 
 
 def mark_citations(text: str, output_ends: Sequence[int]) -> str:
-    """``text`` with " [n]" after the n-th cited span (n from 1, in the order given)."""
-    for n, end in sorted(enumerate(output_ends, 1), key=lambda ne: -ne[1]):
+    """``text`` with " [n]" after the n-th cited span (n from 1, in the order given).
+
+    A span may end inside a word (the model wrote "B", a passage gave "oulter"); its mark
+    goes after the word so it never splits one. Marks at one place keep their order.
+    """
+
+    def after_word(end: int) -> int:
+        while 0 < end < len(text) and text[end - 1].isalnum() and text[end].isalnum():
+            end += 1
+        return end
+
+    places = [(after_word(end), n) for n, end in enumerate(output_ends, 1)]
+    for end, n in sorted(places, reverse=True):  # from the back, so earlier offsets stay valid
         text = f"{text[:end]} [{n}]{text[end:]}"
     return text
 

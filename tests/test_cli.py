@@ -87,3 +87,6 @@ def test_citation_marks_follow_each_cited_span() -> None:
 
     assert mark_citations("ab cd ef", [5, 2]) == "ab [2] cd [1] ef"
     assert mark_citations("text", []) == "text"
+    # A span ending inside a word is marked after the word; marks at one place stay in order.
+    assert mark_citations("Robert Boulter starred", [8, 14]) == "Robert Boulter [1] [2] starred"
+    assert mark_citations("ab cd", [2, 2, 1]) == "ab [1] [2] [3] cd"
