@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
+from .errors import UnreadableFileError
 from .passages.types import Document
 
 DEFAULT_CORPUS_FILE = "wikitext103_test.jsonl.gz"
@@ -68,10 +69,6 @@ def default_corpus() -> list[Document]:
     data = resources.files("nest_integrations.data").joinpath(DEFAULT_CORPUS_FILE).read_bytes()
     lines = gzip.decompress(data).decode("utf-8").splitlines()
     return [Document.model_validate_json(line) for line in lines if line.strip()]
-
-
-class UnreadableFileError(ValueError):
-    """A file to index is not valid UTF-8 text or JSONL."""
 
 
 def read_documents(paths: Iterable[str | Path]) -> Iterator[Document]:

