@@ -1,7 +1,7 @@
-"""Results: NestResult with the answer, per-span Citations to exact source offsets, and stats.
+"""Results: NestResult with the answer, claim-level Citations to exact source offsets, and stats.
 
-Turns per-token provenance (which passage token each output token was copied from) into
-citations whose quoted text is verified against both the output and the source.
+The types only (and inline citation marks); ``claims.py`` builds citations from per-token
+provenance, verified against both the output and the source.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from .passages.types import ScoredPassage
-from .token_index import EncodedPassage
+from .text_stream import joined
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length", "eos"]
+FinishReason = Literal["stop", "length", "eos", "abstain"]
 
 
 class Citation(BaseModel):
@@ -40,6 +40,10 @@ class Citation(BaseModel):
     document_end: int | None = None
     score: float = Field(description="Mean retrieval confidence (1 - lambda) over the copied tokens.")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    also_in: list[str] = Field(
+        default_factory=list,
+        description="Other retrieved passages holding the same quoted text (duplicates, overlapping chunks).",
+    )
 
 
 class NestStats(BaseModel):
@@ -55,6 +59,7 @@ class NestStats(BaseModel):
     passages: int = 0
     passages_encoded: int = Field(0, description="Passages run through the LM (cache misses).")
     passages_searched: int = Field(0, description="Passages in the token search (relevant, not gated).")
+    abstained: bool = Field(False, description="Grounded-only mode answered that the sources do not cover the query.")
     source_coverage: float | None = Field(
         None, description="Share of the query's key terms (names, numbers) in the best source; None without any."
     )
@@ -65,10 +70,17 @@ class NestStats(BaseModel):
 
 
 class NestResult(BaseModel):
-    """A generated answer with its citations and statistics."""
+    """A generated answer with its citations and statistics.
+
+    ``citations`` are claim-level: each is one verbatim slice of one source of two or more
+    words (adjacent copies contiguous in the source merged). Copies of fewer words are
+    ``fragments``: counted in ``stats.attribution_ratio``, never listed as sources.
+    ``finish_reason`` is ``"abstain"`` when grounded-only mode found no source for the query.
+    """
 
     text: str
     citations: list[Citation] = Field(default_factory=list)
+    fragments: list[Citation] = Field(default_factory=list, description="Copies of fewer than two words.")
     stats: NestStats = Field(default_factory=NestStats)
     finish_reason: FinishReason = "length"
     passages: list[ScoredPassage] = Field(default_factory=list, description="What the first stage returned.")
@@ -86,92 +98,15 @@ class Provenance:
     confidence: float
 
 
-def build_citations(
-    text: str,
-    token_starts: Sequence[int],
-    token_ends: Sequence[int],
-    provenance: Sequence[Provenance | None],
-    passages: Sequence[ScoredPassage],
-    encoded: Sequence[EncodedPassage],
-) -> list[Citation]:
-    """Group copied tokens into runs (same passage, consecutive positions) and cite each run.
-
-    A run whose output text does not equal its source text (a tokenizer that does not
-    round-trip) is dropped rather than cited wrongly.
-    """
-    citations: list[Citation] = []
-    k = 0
-    while k < len(provenance):
-        first = provenance[k]
-        if first is None:
-            k += 1
-            continue
-        end = k + 1
-        while end < len(provenance):
-            nxt, prev = provenance[end], provenance[end - 1]
-            if nxt is None or prev is None or nxt.passage != first.passage or nxt.position != prev.position + 1:
-                break
-            end += 1
-        run = [p for p in provenance[k:end] if p is not None]
-        cit = _cite_run(
-            text, token_starts[k], token_ends[end - 1], run, passages[first.passage], encoded[first.passage]
-        )
-        if cit is not None:
-            citations.append(cit)
-        k = end
-    return citations
-
-
-def _cite_run(
-    text: str,
-    out_start: int,
-    out_end: int,
-    run: Sequence[Provenance],
-    scored: ScoredPassage,
-    enc: EncodedPassage,
-) -> Citation | None:
-    p = scored.passage
-    src_start = int(enc.char_spans[run[0].position, 0]) - enc.text_offset
-    src_end = int(enc.char_spans[run[-1].position, 1]) - enc.text_offset
-    # Drop what lies outside the passage text (the title separator) and surrounding whitespace.
-    if src_start < 0:
-        out_start, src_start = out_start - src_start, 0
-    out_quote, src_quote = text[out_start:out_end], p.text[src_start:src_end]
-    if out_quote != src_quote:
-        log.debug("dropping citation: output %r != source %r", out_quote, src_quote)
-        return None
-    lead = len(out_quote) - len(out_quote.lstrip())
-    trail = len(out_quote) - len(out_quote.rstrip())
-    out_start, src_start = out_start + lead, src_start + lead
-    out_end, src_end = out_end - trail, src_end - trail
-    if out_end <= out_start:
-        return None
-    doc_start = p.start + src_start if p.start is not None else None
-    return Citation(
-        output_start=out_start,
-        output_end=out_end,
-        quote=text[out_start:out_end],
-        passage_id=p.id,
-        document_id=p.document_id,
-        title=p.title,
-        passage_start=src_start,
-        passage_end=src_end,
-        document_start=doc_start,
-        document_end=doc_start + (src_end - src_start) if doc_start is not None else None,
-        score=sum(r.confidence for r in run) / len(run),
-        metadata=dict(p.metadata),
-    )
-
-
 def mark_citations(text: str, output_ends: Sequence[int]) -> str:
     """``text`` with " [n]" after the n-th cited span (n from 1, in the order given).
 
-    A span may end inside a word (the model wrote "B", a passage gave "oulter"); its mark
-    goes after the word so it never splits one. Marks at one place keep their order.
+    Claims end at word boundaries; a mark at an offset inside a word or a grapheme cluster
+    still goes after it, so it never splits one. Marks at one place keep their order.
     """
 
     def after_word(end: int) -> int:
-        while 0 < end < len(text) and text[end - 1].isalnum() and text[end].isalnum():
+        while joined(text, end):
             end += 1
         return end
 
@@ -179,30 +114,3 @@ def mark_citations(text: str, output_ends: Sequence[int]) -> str:
     for end, n in sorted(places, reverse=True):  # from the back, so earlier offsets stay valid
         text = f"{text[:end]} [{n}]{text[end:]}"
     return text
-
-
-def clip_citations(citations: Sequence[Citation], length: int) -> list[Citation]:
-    """Citations cut at output char ``length`` (for stop strings), keeping the quote invariant."""
-    out = []
-    for c in citations:
-        if c.output_start >= length:
-            continue
-        cut = max(0, c.output_end - length)
-        if cut == 0:
-            out.append(c)
-            continue
-        quote = c.quote[: len(c.quote) - cut].rstrip()
-        if not quote:
-            continue
-        drop = len(c.quote) - len(quote)
-        out.append(
-            c.model_copy(
-                update={
-                    "output_end": c.output_end - drop,
-                    "quote": quote,
-                    "passage_end": c.passage_end - drop,
-                    "document_end": c.document_end - drop if c.document_end is not None else None,
-                }
-            )
-        )
-    return out

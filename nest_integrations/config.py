@@ -108,6 +108,15 @@ class NestConfig(BaseModel):
         ),
     )
     mask_copied: bool = Field(True, description="Mask copied positions so text is not copied twice.")
+    sentence_lock: bool = Field(
+        True,
+        description=(
+            "The splice rule: once a sentence has copied two or more words from a source position, the rest of "
+            "it may only continue that source run (its next token holds all k-NN mass and is proposed as the "
+            "span); if the LM leaves the run, the LM alone finishes the sentence, uncited. Stops cited sentences "
+            "from being spliced together from several places."
+        ),
+    )
     # Decoding.
     max_new_tokens: int = Field(128, ge=1, le=32768)
     do_sample: bool = False
@@ -116,6 +125,14 @@ class NestConfig(BaseModel):
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the output).")
     retrieval: bool = Field(True, description="False decodes with the plain LM (no first stage, no k-NN).")
+    grounded_only: bool = Field(
+        False,
+        description=(
+            "Abstain instead of answering from the plain LM when no retrieved source covers the query (the "
+            "source-coverage gate, or nothing retrieved): the answer says the sources do not cover it, "
+            "finish_reason is 'abstain' and stats.abstained is True."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_stop(self) -> NestConfig:
@@ -132,6 +149,7 @@ class NestConfig(BaseModel):
                 "min_source_coverage": 0.0,
                 "passage_prior": 0.0,
                 "context_guard": False,
+                "sentence_lock": False,
                 **overrides,
             }
         )

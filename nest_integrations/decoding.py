@@ -1,7 +1,8 @@
 """The generation loop: one KV cache, span proposals from the token index, verification in one forward.
 
-Yields ``DecodeStep`` events (tokens with their provenance) so callers can stream; text,
-stop strings and citations are handled by the engine. Batch size 1.
+Yields ``DecodeStep`` events (tokens with their provenance); text, stop strings and
+citations are built from them by ``streaming.py``. The splice rule's state lives in
+``sentence_lock.py``; the math in ``mixture.py`` and ``speculative.py``. Batch size 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .citations import Provenance
 from .config import NestConfig
 from .lm import LoadedLM
 from .mixture import knn_distribution, lm_distribution, mix, relative_retrieval_confidence
+from .sentence_lock import SentenceLock
 from .speculative import accepted_length, best_neighbour, relaxed_accepts, residual_distribution, strict_accepts
 from .token_index import TokenIndex
 
@@ -105,14 +107,40 @@ class NestDecoder:
         if self.index is not None and config.context_guard:
             boundary = lm.boundary_tokens.to(self.index.device)
             self.boundary_keys = self.index.key_starts_text | boundary[self.index.key_tokens]
+        self._echo: tuple[int, int] | None = None  # source position right after the last copied token
+        self.lock: SentenceLock | None = None
+        if self.index is not None and config.sentence_lock:
+            index = self.index
+            self.lock = SentenceLock(
+                lambda p: index.passages[p].token_ids,
+                lm.word_start_tokens,
+                lm.boundary_tokens,
+                index.is_copied if config.mask_copied else SentenceLock.copied,
+            )
 
     # Distributions -------------------------------------------------------------------------
 
-    def _mixture(self, logits: torch.Tensor, hidden: torch.Tensor | None, only: torch.Tensor | None = None) -> _Mixture:
-        """p_M at each of the n positions; ``only`` restricts the token search to some keys."""
+    def _mixture(
+        self,
+        logits: torch.Tensor,
+        hidden: torch.Tensor | None,
+        only: torch.Tensor | None = None,
+        forced: Sequence[int] | None = None,
+    ) -> _Mixture:
+        """p_M at each of the n positions; ``only`` restricts the token search to some keys.
+
+        ``forced`` (n,): per row, the token a locked sentence must continue with (-1: none); such
+        a row's p_kNN puts all its mass on that token (lambda still comes from the search).
+        Without ``forced``, the lock's current state decides for a single row.
+        """
         cfg = self.cfg
         p_lm = lm_distribution(logits, cfg.lm_temperature)
         n = p_lm.shape[0]
+        if forced is None and self.lock is not None and n == 1:
+            if self.lock.lm_only:
+                return _Mixture(p_lm, p_lm, None, torch.ones(n, device=p_lm.device), None)
+            cont = self.lock.continuation()
+            forced = [cont[2] if cont is not None else -1]
         if self.index is None or hidden is None or self.index.all_masked or cfg.fixed_lambda == 1.0:
             return _Mixture(p_lm, p_lm, None, torch.ones(n, device=p_lm.device), None)
         dist, idx = self.index.search(hidden, cfg.num_neighbors, only)  # (n, k)
@@ -126,6 +154,10 @@ class NestDecoder:
             log_rel = torch.log(self.index.relevance[self.index.key_passage[idx]].clamp(min=1e-3))
             scored = dist - self.knn_temperature * cfg.passage_prior * log_rel
         p_knn = knn_distribution(scored, values, p_lm.shape[-1], self.knn_temperature).to(p_lm.device)
+        rows = [i for i, t in enumerate(forced or ()) if t >= 0]
+        if rows:
+            p_knn[rows] = 0.0
+            p_knn[rows, [int(forced[i]) for i in rows]] = 1.0  # type: ignore[index]
         if cfg.fixed_lambda is not None:
             lam = torch.full((n,), cfg.fixed_lambda, device=p_lm.device)
         else:
@@ -171,6 +203,9 @@ class NestDecoder:
         lam = float(m.lam[0])
         if (1 - lam) * float(m.p_knn[0, token]) < lam * float(m.p_lm[0, token]):
             return None
+        cont = self.lock.continuation() if self.lock is not None else None
+        if cont is not None:  # a locked sentence: the k-NN mass is all on the run's next token
+            return Provenance(cont[0], cont[1], 1 - lam) if token == cont[2] else None
         keys = m.nb_idx[0][self._searchable(m)]
         hits = (self.index.values[keys] == token).nonzero()
         if not hits.numel():
@@ -204,7 +239,7 @@ class NestDecoder:
                 rejected = int(draft[0])
             token = self._pick(m.p_mix[0], rejected)
             step = DecodeStep([token], [self._provenance_of(m, token)])
-            self._record(step)
+            self._record(step.tokens, step.provenance)
             yield step
             produced += 1
             if self._ended(step) or produced >= max_new_tokens:
@@ -225,14 +260,19 @@ class NestDecoder:
 
     def _searchable(self, m: _Mixture) -> torch.Tensor:
         """Which of the first row's neighbours may still be used: found by the search, not masked since."""
-        assert self.index is not None and m.nb_idx is not None and m.nb_found is not None
+        if self.index is None or m.nb_idx is None or m.nb_found is None:
+            raise RuntimeError("_searchable needs a k-NN search result")  # callers check first
         keys = m.nb_idx[0]
         return m.nb_found[0] & ~self.index.masked[keys]
 
     def _propose(self, m: _Mixture) -> tuple[int, int] | None:
-        """Dynamic span selection: when lambda < beta, the span after the best neighbour."""
+        """Dynamic span selection: when lambda < beta, the span after the best neighbour (in a
+        locked sentence: the locked run's continuation, the only neighbour left)."""
         if self.index is None or m.nb_idx is None or float(m.lam[0]) >= self.cfg.beta:
             return None
+        if self.lock is not None and (self.lock.lm_only or self.lock.locked is not None):
+            cont = self.lock.continuation()
+            return (cont[0], cont[1]) if cont is not None and not self.lock.lm_only else None
         # The search may predate the masking of the span just copied: skip keys masked since.
         keys = m.nb_idx[0]
         allowed = self._searchable(m)
@@ -249,7 +289,8 @@ class NestDecoder:
         return int(self.index.key_passage[key]), int(self.index.key_position[key]) + 1
 
     def _draft_tokens(self, passage: int, start: int, budget: int) -> torch.Tensor:
-        assert self.index is not None
+        if self.index is None:
+            return torch.zeros(0, dtype=torch.long)
         tokens = self.index.passages[passage].token_ids
         draft = tokens[start : start + min(self.cfg.span_window, budget)]
         for i, t in enumerate(draft.tolist()):
@@ -266,32 +307,47 @@ class NestDecoder:
         Returns the step, the mixture at the new last position, and where a fully accepted
         span continues in its passage (None otherwise).
         """
-        assert self.index is not None
         passage, start = source
         n = int(draft.numel())
         base = runner.length
         logits, hidden = runner.forward(draft.tolist())
-        after = self._mixture(logits, hidden)  # row i: p_M after draft token i
+        after = self._mixture(logits, hidden, forced=self._forced_after(source, draft))  # row i: after draft token i
         rest = self._accepts(after.p_mix[:-1], draft[1:].to(after.p_mix.device))
         accepted = 1 + accepted_length(rest)
         lams = torch.cat([m.lam, after.lam[: accepted - 1]]).tolist()
         prov: list[Provenance | None] = [Provenance(passage, start + i, 1 - lams[i]) for i in range(accepted)]
         tokens = draft[:accepted].tolist()
         self.counters.accepted_spans.append(accepted)
+        self._record(tokens, prov)
         if accepted == n:
-            step = DecodeStep(tokens, prov)
-            self._record(step)
-            more = start + n < self.index.passages[passage].token_ids.numel()
-            return step, after.row(n - 1), (passage, start + n) if more else None
+            more = start + n < self._passage_length(passage)
+            return DecodeStep(tokens, prov), after.row(n - 1), (passage, start + n) if more else None
         runner.crop(base + accepted)
         at = after.row(accepted - 1)
         token = self._pick(at.p_mix[0], rejected=int(draft[accepted]))
-        step = DecodeStep([*tokens, token], [*prov, self._provenance_of(at, token)])
-        self._record(step)
+        token_prov = self._provenance_of(at, token)
+        self._record([token], [token_prov])
+        step = DecodeStep([*tokens, token], [*prov, token_prov])
         if not self._ended(step):
             logits, hidden = runner.forward([token])
             at = self._mixture(logits, hidden)
         return step, at, None
+
+    def _passage_length(self, passage: int) -> int:
+        """Tokens of a passage of the token index."""
+        return 0 if self.index is None else int(self.index.passages[passage].token_ids.numel())
+
+    def _forced_after(self, source: tuple[int, int], draft: torch.Tensor) -> list[int] | None:
+        """Per draft position, the token a locked sentence must continue with after it (-1: not locked)."""
+        if self.lock is None:
+            return None
+        sim = self.lock.copy()
+        forced = []
+        for i, t in enumerate(draft.tolist()):
+            sim.observe(t, Provenance(source[0], source[1] + i, 0.0))
+            cont = sim.continuation()
+            forced.append(cont[2] if cont is not None else -1)
+        return forced
 
     def _follow(self, token: int) -> None:
         """Make ``token`` the left context of the next step."""
@@ -299,12 +355,25 @@ class NestDecoder:
         if self.boundary_keys is not None:
             self.after_boundary = bool(self.lm.boundary_tokens[token])  # a CPU lookup
 
-    def _record(self, step: DecodeStep) -> None:
-        """Note a step's tokens as output: the last one is the new left context; copied ones are masked."""
-        if step.tokens:
-            self._follow(step.tokens[-1])
-        if self.index is None or not self.cfg.mask_copied:
-            return
-        for p in step.provenance:
-            if p is not None:
-                self.index.mask_copied(p.passage, [p.position])
+    def _record(self, tokens: Sequence[int], provenance: Sequence[Provenance | None]) -> None:
+        """Note tokens as output: the last one is the new left context; the splice rule sees each;
+        copied source text is masked, and so is source text the LM reproduced right after a
+        copy (it is in the output as surely as a copy, and must not be copied again)."""
+        if tokens:
+            self._follow(tokens[-1])
+        for t, p in zip(tokens, provenance, strict=True):
+            if self.lock is not None:
+                self.lock.observe(t, p)
+            source = (p.passage, p.position) if p is not None else self._echo_of(t)
+            self._echo = None if source is None else (source[0], source[1] + 1)
+            if source is not None and self.index is not None and self.cfg.mask_copied:
+                self.index.mask_copied(source[0], [source[1]])
+
+    def _echo_of(self, token: int) -> tuple[int, int] | None:
+        """The source position a generated token reproduces: the one right after the last copied
+        or reproduced token, when it holds the same token."""
+        if self._echo is None or self.index is None:
+            return None
+        passage, position = self._echo
+        tokens = self.index.passages[passage].token_ids
+        return self._echo if position < tokens.numel() and int(tokens[position]) == token else None

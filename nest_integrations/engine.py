@@ -1,7 +1,8 @@
-"""NestEngine: the public entry point tying model, first stage, token index and decoding together.
+"""NestEngine: the public entry point wiring model, first stage, token index and decoding.
 
-``generate`` returns a NestResult; ``stream`` yields NestChunks (text deltas, citations as
-their spans complete, and the final result). The math and the loop live elsewhere.
+One request: retrieve (the first stage), select sources (``sources.py``), build the token
+index (``token_index.py``), decode (``decoding.py``), assemble text and citations
+(``streaming.py``). ``generate`` returns a NestResult; ``stream`` yields NestChunks.
 """
 
 from __future__ import annotations
@@ -14,28 +15,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import ValidationError
 
 from .async_utils import iterate_in_thread
-from .citations import Citation, NestResult, NestStats, Provenance, build_citations, clip_citations
+from .citations import NestResult, NestStats, Provenance
 from .config import NestConfig, default_config
-from .decoding import NestDecoder
-from .errors import PromptTooLongError
+from .decoding import DecodeCounters, NestDecoder
+from .errors import ConfigError, PromptTooLongError
 from .lm import DEFAULT_MODEL, LoadedLM, Message, build_prompt_ids, last_user_text, load_lm, normalize_messages
 from .passages.retriever import PassageRetriever, StaticRetriever
 from .passages.types import Passage, ScoredPassage
-from .relevance import passage_relevance, source_coverage
+from .sources import SourceSelection, select_sources
+from .streaming import AnswerAssembler, NestChunk
 from .token_index import KeyStore, PassageEncoder, TokenIndex
 
-
-class NestChunk(BaseModel):
-    """One streamed piece: new text, citations completed by it, and the result on the last chunk."""
-
-    text: str = ""
-    token_ids: list[int] = Field(default_factory=list)
-    copied: bool = False
-    citations: list[Citation] = Field(default_factory=list)
-    result: NestResult | None = None
+__all__ = ["NestChunk", "NestEngine", "PromptTooLongError", "ashared_engine", "shared_engine"]
 
 
 class NestEngine:
@@ -86,14 +80,14 @@ class NestEngine:
         passages: Sequence[Passage | ScoredPassage] | None = None,
         query: str | None = None,
         chat: bool | None = None,
+        prompt_ids: Sequence[int] | None = None,
         **overrides: Any,
     ) -> NestResult:
         """Answer ``prompt`` (a string or chat messages). See :meth:`stream` for the arguments."""
-        result: NestResult | None = None
-        for chunk in self.stream(prompt, passages=passages, query=query, chat=chat, **overrides):
-            result = chunk.result or result
-        assert result is not None
-        return result
+        for chunk in self.stream(prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids, **overrides):
+            if chunk.result is not None:
+                return chunk.result
+        raise RuntimeError("the stream ended without a result")  # unreachable: the last chunk has one
 
     def stream(
         self,
@@ -102,6 +96,7 @@ class NestEngine:
         passages: Sequence[Passage | ScoredPassage] | None = None,
         query: str | None = None,
         chat: bool | None = None,
+        prompt_ids: Sequence[int] | None = None,
         **overrides: Any,
     ) -> Iterator[NestChunk]:
         """Stream the answer to ``prompt``.
@@ -113,20 +108,35 @@ class NestEngine:
             query: what the first stage searches for (default: the last user message).
             chat: False feeds the text to the LM as it is (text completion) instead of
                 through the chat template; None uses the template when the tokenizer has one.
+            prompt_ids: the prompt's token ids when the caller already has them (from
+                :meth:`prompt_ids`, e.g. after validating the prompt's length), so it is not
+                tokenised twice; ``prompt`` still gives the query.
             **overrides: any :class:`NestConfig` field for this call only (e.g. ``max_new_tokens``).
         """
-        cfg = NestConfig.model_validate({**self.config.model_dump(), **overrides}) if overrides else self.config
+        cfg = self.call_config(**overrides)
         messages = normalize_messages(prompt)
-        prompt_ids = self.prompt_ids(messages, chat=chat)
-        max_new = min(
-            cfg.max_new_tokens, self.lm.context_length - len(prompt_ids)
-        )  # documented: generation stops at the context limit
+        ids = self._fits(list(prompt_ids)) if prompt_ids is not None else self._prompt_ids(messages, chat)
+        query = query or last_user_text(messages)
         with self._lock:
-            yield from self._stream_locked(messages, prompt_ids, max_new, cfg, passages, query)
+            yield from self._stream_locked(query, ids, cfg, passages)
+
+    def call_config(self, **overrides: Any) -> NestConfig:
+        """The engine's config with per-call overrides applied; raises ``ConfigError`` on bad values."""
+        if not overrides:
+            return self.config
+        try:
+            return NestConfig.model_validate({**self.config.model_dump(), **overrides})
+        except ValidationError as e:
+            raise ConfigError(str(e)) from e
 
     def prompt_ids(self, prompt: str | Sequence[Message], *, chat: bool | None = None) -> list[int]:
         """The prompt's token ids (chat template applied); raises if it does not fit the context."""
-        ids = build_prompt_ids(self.lm.tokenizer, normalize_messages(prompt), chat=chat)
+        return self._prompt_ids(normalize_messages(prompt), chat)
+
+    def _prompt_ids(self, messages: list[Message], chat: bool | None) -> list[int]:
+        return self._fits(build_prompt_ids(self.lm.tokenizer, messages, chat=chat))
+
+    def _fits(self, ids: list[int]) -> list[int]:
         if len(ids) >= self.lm.context_length:
             raise PromptTooLongError(
                 f"The prompt is {len(ids)} tokens but {self.lm.name} has a context of "
@@ -140,10 +150,13 @@ class NestEngine:
         *,
         passages: Sequence[Passage | ScoredPassage] | None = None,
         query: str | None = None,
+        chat: bool | None = None,
+        prompt_ids: Sequence[int] | None = None,
         **overrides: Any,
     ) -> AsyncIterator[NestChunk]:
         """:meth:`stream` for asyncio: decoding runs in a worker thread, never on the event loop."""
-        async for chunk in iterate_in_thread(lambda: self.stream(prompt, passages=passages, query=query, **overrides)):
+        stream = partial(self.stream, prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids)
+        async for chunk in iterate_in_thread(lambda: stream(**overrides)):
             yield chunk
 
     async def agenerate(
@@ -152,10 +165,14 @@ class NestEngine:
         *,
         passages: Sequence[Passage | ScoredPassage] | None = None,
         query: str | None = None,
+        chat: bool | None = None,
+        prompt_ids: Sequence[int] | None = None,
         **overrides: Any,
     ) -> NestResult:
         """:meth:`generate` for asyncio, in a worker thread."""
-        call = partial(self.generate, prompt, passages=passages, query=query, **overrides)
+        call = partial(
+            self.generate, prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids, **overrides
+        )
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def retrieve(self, query: str, k: int | None = None) -> list[ScoredPassage]:
@@ -164,125 +181,85 @@ class NestEngine:
             return []
         return list(self.retriever.retrieve(query, k or self.config.num_passages))
 
+    def clear_passage_cache(self) -> None:
+        """Forget the in-process passage keys (an on-disk key store stays); for cold-cache measurements."""
+        self.encoder.clear()
+
     # Internals ---------------------------------------------------------------------------------
+
+    def _select(self, query: str, given: Sequence[Passage | ScoredPassage] | None, cfg: NestConfig) -> SourceSelection:
+        if not cfg.retrieval:
+            return SourceSelection(retrieved=[])
+        if given is not None:
+            retrieved = [p if isinstance(p, ScoredPassage) else ScoredPassage(passage=p) for p in given]
+        else:
+            retrieved = self.retrieve(query, cfg.num_passages)
+        return select_sources(query, retrieved, cfg)
 
     def _stream_locked(
         self,
-        messages: list[Message],
+        query: str,
         prompt_ids: list[int],
-        max_new: int,
         cfg: NestConfig,
         given: Sequence[Passage | ScoredPassage] | None,
-        query: str | None,
     ) -> Iterator[NestChunk]:
         stats = NestStats(prompt_tokens=len(prompt_ids))
-        query = query or last_user_text(messages)
         t0 = time.perf_counter()
-        scored: list[ScoredPassage] = []
-        if cfg.retrieval:
-            if given is not None:
-                scored = [p if isinstance(p, ScoredPassage) else ScoredPassage(passage=p) for p in given]
-            else:
-                scored = self.retrieve(query, cfg.num_passages)
+        sources = self._select(query, given, cfg)
         t1 = time.perf_counter()
         misses = self.encoder.misses
-        # Sources under the relevance threshold are never searched, so they are not encoded either.
-        searched: list[ScoredPassage] = []
-        index = None
-        if scored:
-            stats.source_coverage = source_coverage(query, [s.passage for s in scored])
-        # No source names what the query asks about: copying from any of them would cite the wrong one.
-        gated = stats.source_coverage is not None and stats.source_coverage < cfg.min_source_coverage
-        if scored and not gated:
-            relevance = passage_relevance(
-                query, [s.passage for s in scored], [s.score for s in scored], cfg.passage_relevance
-            )
-            relevant = (relevance >= cfg.min_passage_relevance).nonzero().flatten().tolist()
-            searched = [scored[i] for i in relevant]
-        encoded = self.encoder.encode([s.passage for s in searched]) if searched else []
-        if encoded:
-            index = TokenIndex(encoded, self.lm.device, relevance[relevant])
+        # Sources that are not searched are not encoded either.
+        encoded = self.encoder.encode([s.passage for s in sources.searched]) if sources.searched else []
+        index = (
+            TokenIndex(encoded, self.lm.device, sources.relevance, [s.passage for s in sources.searched])
+            if encoded
+            else None
+        )
         t2 = time.perf_counter()
         stats.first_stage_seconds, stats.token_index_seconds = t1 - t0, t2 - t1
-        stats.passages, stats.passages_encoded = len(scored), self.encoder.misses - misses
-        stats.passages_searched = len(searched)
+        stats.passages, stats.passages_encoded = len(sources.retrieved), self.encoder.misses - misses
+        stats.passages_searched, stats.source_coverage = len(sources.searched), sources.coverage
+        if cfg.grounded_only and index is None:
+            yield _abstention(query, sources, stats)
+            return
 
         decoder = NestDecoder(self.lm, cfg, index)
-        tokens: list[int] = []
-        provenance: list[Provenance | None] = []
-        starts: list[int] = []
-        ends: list[int] = []
-        emitted, cited = 0, 0
-        text, stop_at = "", None
-        hold = max((len(s) for s in cfg.stop), default=1) - 1
-        tok = self.lm.tokenizer
-        for step in decoder.run(prompt_ids, max_new):
-            for t, p in zip(step.tokens, step.provenance, strict=True):
-                if t in decoder.eos:
-                    break
-                tokens.append(t)
-                provenance.append(p)
-                starts.append(len(text))
-                text = tok.decode(tokens, skip_special_tokens=True)
-                ends.append(len(text))
-            stop_at = _find_stop(text, cfg.stop, max(0, emitted - hold))
-            if stop_at is not None:
+        answer = AnswerAssembler(
+            self.lm.tokenizer, decoder.eos, cfg.stop, sources.searched, encoded, sources.duplicates
+        )
+        # Generation stops at the context limit (documented).
+        for step in decoder.run(prompt_ids, min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))):
+            chunk = answer.put(step.tokens, step.provenance)
+            if answer.stop_at is not None:
                 break
-            # Hold back a possible partial stop string and an incomplete UTF-8 character.
-            safe = len(text) - hold if cfg.stop else len(text)
-            while safe > emitted and text[safe - 1] == "\ufffd":
-                safe -= 1
-            if safe > emitted:
-                citations = build_citations(text, starts, ends, provenance, searched, encoded)
-                # A citation is final once later text exists after it (its run cannot grow).
-                limit = min(safe, _open_run_start(starts, provenance, len(text)))
-                done = [c for c in citations if c.output_end <= limit]
-                new = done[cited:]
-                cited += len(new)
-                yield NestChunk(
-                    text=text[emitted:safe],
-                    token_ids=step.tokens,
-                    copied=any(p is not None for p in step.provenance),
-                    citations=new,
-                )
-                emitted = safe
+            if chunk is not None:
+                yield chunk
         decoder_time = time.perf_counter() - t2
-        finish = "stop" if stop_at is not None else decoder.counters.finish_reason
-        if stop_at is not None:
-            text = text[:stop_at]
-            keep = sum(1 for s in starts if s < stop_at)
-            tokens, provenance, starts, ends = tokens[:keep], provenance[:keep], starts[:keep], ends[:keep]
-        citations = clip_citations(build_citations(text, starts, ends, provenance, searched, encoded), len(text))
+        text, tokens, provenance = answer.finish()
         result = NestResult(
             text=text,
-            citations=citations,
+            citations=answer.claims.citations,
+            fragments=answer.claims.fragments,
             stats=_finish_stats(stats, tokens, provenance, decoder.counters, decoder_time),
-            finish_reason=finish,
-            passages=scored,
+            finish_reason="stop" if answer.stop_at is not None else decoder.counters.finish_reason,
+            passages=sources.retrieved,
         )
-        yield NestChunk(text=text[emitted:], citations=citations[cited:], result=result)
+        yield answer.last_chunk(text, result)
 
 
-def _open_run_start(starts: Sequence[int], provenance: Sequence[Provenance | None], length: int) -> int:
-    """Output char where the copied run that the next step could still extend begins."""
-    if not provenance or provenance[-1] is None:
-        return length
-    k = len(provenance) - 1
-    while k > 0:
-        prev, cur = provenance[k - 1], provenance[k]
-        if prev is None or cur is None or prev.passage != cur.passage or prev.position + 1 != cur.position:
-            break
-        k -= 1
-    return starts[k]
-
-
-def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
-    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(found) if found else None
+def _abstention(query: str, sources: SourceSelection, stats: NestStats) -> NestChunk:
+    """Grounded-only mode with no source about the query: say so instead of decoding."""
+    subject = " ".join(query.split())
+    subject = subject if len(subject) <= 200 else subject[:199] + "…"
+    why = "no source was retrieved" if not sources.retrieved else "no retrieved source covers it"
+    text = f'The sources do not cover "{subject}" ({why}).'
+    stats.abstained = True
+    result = NestResult(text=text, stats=stats, finish_reason="abstain", passages=sources.retrieved)
+    return NestChunk(text=text, result=result)
 
 
 def _finish_stats(
-    stats: NestStats, tokens: list[int], provenance: list[Provenance | None], counters: Any, seconds: float
+    stats: NestStats, tokens: list[int], provenance: list[Provenance | None], counters: DecodeCounters, seconds: float
 ) -> NestStats:
     stats.tokens_generated = len(tokens)
     stats.tokens_copied = sum(p is not None for p in provenance)

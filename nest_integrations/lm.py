@@ -50,15 +50,32 @@ class LoadedLM:
         return int(n) if n else 2048
 
     @functools.cached_property
+    def _token_texts(self) -> list[str]:
+        tok = self.tokenizer
+        return list(tok.batch_decode([[i] for i in range(len(tok))]))
+
+    def _token_flags(self, test: Any) -> torch.Tensor:
+        flags = torch.zeros(max(len(self.tokenizer), self.vocab_size), dtype=torch.bool)
+        for i, t in enumerate(self._token_texts):
+            flags[i] = test(t)
+        return flags
+
+    @functools.cached_property
     def boundary_tokens(self) -> torch.Tensor:
         """Bool (V,): tokens after which a sentence starts (., !, ?, newline) and special tokens."""
-        tok = self.tokenizer
-        size = max(len(tok), self.vocab_size)
-        texts = tok.batch_decode([[i] for i in range(len(tok))])
-        flags = torch.zeros(size, dtype=torch.bool)
-        for i, t in enumerate(texts):
-            flags[i] = "\n" in t or t.rstrip().endswith((".", "!", "?"))
-        flags[[i for i in tok.all_special_ids if i < size]] = True
+        flags = self._token_flags(lambda t: "\n" in t or t.rstrip().endswith((".", "!", "?")))
+        flags[[i for i in self.tokenizer.all_special_ids if i < flags.numel()]] = True
+        return flags
+
+    @functools.cached_property
+    def word_start_tokens(self) -> torch.Tensor:
+        """Bool (V,): tokens that start a new word: their text begins with whitespace, or their raw
+        piece with SentencePiece's or byte-level BPE's space marker (decoded alone, those lose it)."""
+        flags = self._token_flags(lambda t: t[:1].isspace())
+        pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        for i, piece in enumerate(pieces):
+            if isinstance(piece, str) and piece[:1] in ("\u2581", "\u0120"):
+                flags[i] = True
         return flags
 
     @property

@@ -176,8 +176,14 @@ class TokenIndex:
         encoded: Sequence[EncodedPassage],
         device: torch.device,
         relevance: torch.Tensor | None = None,
+        sources: Sequence[Passage] | None = None,
     ) -> None:
-        """``relevance``: per passage, 0-1 relative to the best (see ``relevance.py``)."""
+        """``relevance``: per passage, 0-1 relative to the best (see ``relevance.py``).
+
+        ``sources``: the passages that were encoded, in the same order. Passages of one document
+        with char offsets that overlap (overlapping chunks) hold the same text twice: each such
+        key is searched and copied once, in the first passage that holds it.
+        """
         self.passages = list(encoded)
         self.device = device
         self.relevance = (relevance if relevance is not None else torch.ones(len(self.passages))).to(device)
@@ -213,6 +219,9 @@ class TokenIndex:
         ).to(device)
         self.key_sq_norms = (self.keys.float() ** 2).sum(-1) if len(self) else torch.zeros(0, device=device)
         self.masked = torch.zeros(len(self), dtype=torch.bool, device=device)
+        # canonical[k]: the key holding k's text first (k itself unless an earlier passage overlaps it).
+        self.canonical = _canonical_keys(self.passages, self.offsets, sources)
+        self.duplicate = torch.from_numpy(self.canonical != np.arange(len(self))).to(device)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -227,7 +236,7 @@ class TokenIndex:
         """
         q = queries.to(self.device, torch.float32)  # (n, D)
         d = (q**2).sum(-1, keepdim=True) - 2 * q @ self.keys.float().T + self.key_sq_norms  # (n, N)
-        unusable = self.masked
+        unusable = self.masked | self.duplicate
         if only is not None:
             unusable = unusable | ~only
         d = d.clamp_(min=0.0).masked_fill_(unusable, float("inf"))
@@ -248,17 +257,41 @@ class TokenIndex:
         for pos in token_positions:
             k = self.key_index(passage, pos - 1)
             if k is not None:
-                self.masked[k] = True
+                self.masked[int(self.canonical[k])] = True
 
     def is_copied(self, passage: int, token_position: int) -> bool:
-        """Whether the token at ``token_position`` of ``passage`` was copied (its key is masked)."""
+        """Whether the token at ``token_position`` of ``passage`` (or the same text in an overlapping
+        passage) was copied (its key is masked)."""
         k = self.key_index(passage, token_position - 1)
-        return k is not None and bool(self.masked[k])
+        return k is not None and bool(self.masked[int(self.canonical[k])])
 
     @property
     def all_masked(self) -> bool:
         """Whether no key can be found any more (all copied)."""
-        return bool(self.masked.all().item()) if len(self) else True
+        return bool((self.masked | self.duplicate).all().item()) if len(self) else True
+
+
+def _canonical_keys(
+    passages: Sequence[EncodedPassage], offsets: np.ndarray, sources: Sequence[Passage] | None
+) -> np.ndarray:
+    """Per key, the first key whose value is the same document character (overlapping chunks)."""
+    canonical = np.arange(int(offsets[-1]), dtype=np.int64)
+    if sources is None:
+        return canonical
+    first_at: dict[tuple[str, int, int], int] = {}
+    for i, (enc, src) in enumerate(zip(passages, sources, strict=True)):
+        if src.document_id is None or src.start is None:
+            continue
+        n = enc.keys.shape[0]
+        values = enc.token_ids[enc.first_key + 1 : enc.first_key + 1 + n].tolist()
+        # Document char where each key's value token starts.
+        starts = (enc.char_spans[enc.first_key + 1 : enc.first_key + 1 + n, 0] - enc.text_offset + src.start).tolist()
+        for local, (value, start) in enumerate(zip(values, starts, strict=True)):
+            if start < src.start:
+                continue  # a title token
+            key = int(offsets[i]) + local
+            canonical[key] = first_at.setdefault((src.document_id, start, value), key)
+    return canonical
 
 
 class KeyStore:

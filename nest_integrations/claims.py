@@ -1,0 +1,240 @@
+"""Claim-level citations: copied tokens grouped into runs that are contiguous in their source.
+
+A run grows while the output stays a verbatim slice of one passage: consecutive copied tokens,
+and generated text between two copies when it equals the source text between them. A closed
+run is snapped to word boundaries (a quote never starts or ends inside a word or a grapheme
+cluster the output does not reproduce) and becomes a ``Citation`` when it holds two or more
+words, else a fragment (kept for attribution, never listed as a source). Work per token is
+O(1) amortised, so streaming stays linear. Decoding is not done here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .citations import Citation, Provenance
+from .passages.types import Passage, ScoredPassage
+from .text_stream import Chars, joined, word_count
+from .token_index import EncodedPassage
+
+log = logging.getLogger(__name__)
+
+MIN_CLAIM_WORDS = 2  # a copy of fewer words is a fragment (issue 13's definition)
+
+
+@dataclass
+class _Run:
+    """A verbatim slice of one passage in the output, being built."""
+
+    passage: int
+    out_start: int
+    out_end: int
+    src_start: int
+    src_end: int
+    last_position: int
+    confidences: list[float] = field(default_factory=list)
+    gap_checked: int = 0  # output chars after out_end already found equal to the source
+
+
+def snap(
+    out: Chars, src: Chars, o0: int, o1: int, s0: int, s1: int, lo: int = 0, hi: int | None = None
+) -> tuple[int, int, int, int] | None:
+    """Move a quote (``out[o0:o1] == src[s0:s1]``) to word boundaries in both texts.
+
+    It grows into a word while both texts agree there (never into output before ``lo`` or
+    from ``hi`` on: text another copy produced), else shrinks to the nearest boundary inside
+    the quote; surrounding whitespace is dropped. None when nothing is left.
+    """
+    hi = len(out) if hi is None else hi
+    while joined(out, o0) or joined(src, s0):
+        if o0 > lo and s0 > 0 and out[o0 - 1] == src[s0 - 1]:
+            o0, s0 = o0 - 1, s0 - 1
+            continue
+        k = 1
+        while o0 + k < o1 and joined(out, o0 + k):
+            k += 1
+        o0, s0 = o0 + k, s0 + k
+        break
+    while joined(out, o1) or joined(src, s1):
+        if o1 < hi and s1 < len(src) and out[o1] == src[s1]:
+            o1, s1 = o1 + 1, s1 + 1
+            continue
+        k = 1
+        while o1 - k > o0 and joined(out, o1 - k):
+            k += 1
+        o1, s1 = o1 - k, s1 - k
+        break
+    quote = out[o0:o1]
+    lead, trail = len(quote) - len(quote.lstrip()), len(quote) - len(quote.rstrip())
+    o0, s0, o1, s1 = o0 + lead, s0 + lead, o1 - trail, s1 - trail
+    return (o0, o1, s0, s1) if o1 > o0 else None
+
+
+class ClaimTracker:
+    """Turns (token provenance, output char range) pairs into claim-level citations and fragments.
+
+    Feed committed tokens in order with :meth:`add`; ``closed`` holds finished claims in
+    output order; :meth:`finish` closes the open run at the end of the output.
+    """
+
+    def __init__(
+        self,
+        passages: Sequence[ScoredPassage],
+        encoded: Sequence[EncodedPassage],
+        duplicates: Mapping[int, Sequence[Passage]] | None = None,
+    ) -> None:
+        """``duplicates``: passage index -> other passages with exactly its text (see ``sources.py``)."""
+        self.passages = passages
+        self.encoded = encoded
+        self.duplicates = duplicates or {}
+        self._closed_end = 0  # output end of the last closed run: a claim never grows back over it
+        self.citations: list[Citation] = []  # final, in output order
+        self.fragments: list[Citation] = []
+        self._open: _Run | None = None
+
+    def _source_span(self, prov: Provenance) -> tuple[int, int]:
+        enc = self.encoded[prov.passage]
+        a, b = enc.char_spans[prov.position]
+        return int(a) - enc.text_offset, int(b) - enc.text_offset
+
+    def add(self, text: Chars, prov: Provenance | None, start: int, end: int) -> None:
+        """One committed output token: its provenance (None: generated) and char range in ``text``."""
+        run = self._open
+        if run is not None and prov is not None and end == run.out_end and prov.passage == run.passage:
+            # Another token of the multi-byte character the run ends with: they share one char range.
+            run.last_position = max(run.last_position, prov.position)
+            run.confidences.append(prov.confidence)
+            return
+        if prov is None:
+            if run is not None and not self._gap_matches(text, run, end):
+                self._close(text)
+            return
+        a, b = self._source_span(prov)
+        if b <= 0:  # the token lies in the title the passage was encoded with, not in its text
+            if run is not None:
+                self._close(text)
+            return
+        if a < 0:  # straddles the title separator: keep the text part
+            start, a = start - a, 0
+        if (
+            run is not None
+            and prov.passage == run.passage
+            and prov.position > run.last_position
+            and a - run.src_end == start - run.out_end
+            and self._gap_matches(text, run, start)
+        ):
+            run.out_end, run.src_end, run.last_position, run.gap_checked = end, b, prov.position, 0
+            run.confidences.append(prov.confidence)
+            return
+        if run is not None:
+            self._close(text, hi=start)
+        self._open = _Run(prov.passage, start, end, a, b, prov.position, [prov.confidence])
+
+    def _gap_matches(self, text: Chars, run: _Run, upto: int) -> bool:
+        """Whether the output after the run, up to char ``upto``, is the source text after it."""
+        n = upto - run.out_end
+        if n <= run.gap_checked:
+            return True
+        src = self.passages[run.passage].passage.text
+        done = run.gap_checked  # only the chars not compared before: O(new chars)
+        if text[run.out_end + done : upto] != src[run.src_end + done : run.src_end + n]:
+            return False
+        run.gap_checked = n
+        return True
+
+    def open_start(self) -> int | None:
+        """Output char where the open (still growing) claim begins, if any."""
+        return None if self._open is None else self._open.out_start
+
+    def finish(self, text: Chars) -> None:
+        """The output is complete: close the open run. ``text`` may be shorter than what was
+        added (a stop string cut it): claims reaching past its end are cut at a word boundary."""
+        if self._open is not None:
+            self._close(text)
+        kept: list[Citation] = []
+        for c in [*self.citations, *self.fragments]:
+            if c.output_end <= len(text):
+                kept.append(c)
+            elif c.output_start < len(text) and (short := _cut(text, c)) is not None:
+                kept.append(short)
+        self.citations, self.fragments = [], []
+        for c in sorted(kept, key=_order):
+            self._file(c)
+
+    def _file(self, cit: Citation) -> None:
+        (self.citations if word_count(cit.quote) >= MIN_CLAIM_WORDS else self.fragments).append(cit)
+
+    def _close(self, text: Chars, hi: int | None = None) -> None:
+        run, self._open = self._open, None
+        if run is not None and (cit := self._cite(text, run, hi)) is not None:
+            self._file(cit)
+        if run is not None:
+            self._closed_end = max(self._closed_end, run.out_end)
+
+    def _cite(self, text: Chars, run: _Run, hi: int | None) -> Citation | None:
+        p = self.passages[run.passage].passage
+        o1 = min(run.out_end, len(text))  # a stop string may have cut the output
+        s1 = run.src_end - (run.out_end - o1)
+        if text[run.out_start : o1] != p.text[run.src_start : s1]:
+            log.debug(
+                "dropping a run whose output %r != source %r", text[run.out_start : o1], p.text[run.src_start : s1]
+            )
+            return None
+        snapped = snap(text, p.text, run.out_start, o1, run.src_start, s1, self._closed_end, hi)
+        if snapped is None:
+            return None
+        o0, o1, s0, s1 = snapped
+        doc_start = p.start + s0 if p.start is not None else None
+        return Citation(
+            output_start=o0,
+            output_end=o1,
+            quote=text[o0:o1],
+            passage_id=p.id,
+            document_id=p.document_id,
+            title=p.title,
+            passage_start=s0,
+            passage_end=s1,
+            document_start=doc_start,
+            document_end=doc_start + (s1 - s0) if doc_start is not None else None,
+            score=sum(run.confidences) / len(run.confidences),
+            metadata=dict(p.metadata),
+            also_in=self._other_holders(run.passage, doc_start, s1 - s0),
+        )
+
+    def _other_holders(self, passage: int, doc_start: int | None, length: int) -> list[str]:
+        """Ids of other passages holding the quote: exact duplicates, and overlapping chunks of its document."""
+        ids = [d.id for d in self.duplicates.get(passage, ())]
+        p = self.passages[passage].passage
+        if doc_start is not None:
+            for other in self.passages:
+                q = other.passage
+                same_document = q.id != p.id and q.document_id == p.document_id
+                if same_document and q.start is not None and q.end is not None:
+                    ids += [q.id] if q.start <= doc_start and doc_start + length <= q.end else []
+        return ids
+
+
+def _order(c: Citation) -> tuple[int, int]:
+    return c.output_start, c.output_end
+
+
+def _cut(text: Chars, c: Citation) -> Citation | None:
+    """``c`` cut at the end of ``text`` (a stop string), snapped back to a word boundary."""
+    # In quote coordinates: the quote is the source text from passage_start on.
+    snapped = snap(text, c.quote, c.output_start, len(text), 0, len(text) - c.output_start)
+    if snapped is None:
+        return None
+    o0, o1, s0, s1 = snapped
+    return c.model_copy(
+        update={
+            "output_start": o0,
+            "output_end": o1,
+            "quote": text[o0:o1],
+            "passage_start": c.passage_start + s0,
+            "passage_end": c.passage_start + s1,
+            "document_start": c.document_start + s0 if c.document_start is not None else None,
+            "document_end": c.document_start + s1 if c.document_start is not None else None,
+        }
+    )

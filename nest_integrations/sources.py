@@ -1,0 +1,56 @@
+"""Source selection: which retrieved passages NEST's token search may use for one query.
+
+Three filters, in order: the source-coverage gate (no source names what the query asks
+about: search none), passage relevance (sources under the threshold are left out, and so
+never encoded), and duplicates (identical text held by several passages is one candidate,
+held by the best-ranked one). Retrieval itself and the token index are not done here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import NestConfig
+from .passages.types import Passage, ScoredPassage
+from .relevance import passage_relevance, source_coverage
+
+
+@dataclass
+class SourceSelection:
+    """What the first stage returned and what the token search may use of it."""
+
+    retrieved: list[ScoredPassage]
+    searched: list[ScoredPassage] = field(default_factory=list)
+    relevance: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (len(searched),) in [0, 1]
+    coverage: float | None = None  # share of the query's key terms in the best source
+    gated: bool = False  # no source covers the query: decode with the plain LM
+    # searched index -> other retrieved passages holding exactly the same text
+    duplicates: dict[int, list[Passage]] = field(default_factory=dict)
+
+
+def select_sources(query: str, retrieved: Sequence[ScoredPassage], config: NestConfig) -> SourceSelection:
+    """Apply the coverage gate, the relevance threshold and de-duplication to ``retrieved``."""
+    selection = SourceSelection(retrieved=list(retrieved))
+    if not retrieved:
+        return selection
+    passages = [s.passage for s in retrieved]
+    selection.coverage = source_coverage(query, passages)
+    selection.gated = selection.coverage is not None and selection.coverage < config.min_source_coverage
+    if selection.gated:
+        return selection
+    relevance = passage_relevance(query, passages, [s.score for s in retrieved], config.passage_relevance)
+    holder_of: dict[str, int] = {}  # passage text -> index in ``searched``
+    kept: list[int] = []
+    for i in (relevance >= config.min_passage_relevance).nonzero().flatten().tolist():
+        text = passages[i].text
+        if text in holder_of:
+            selection.duplicates.setdefault(holder_of[text], []).append(passages[i])
+            continue
+        holder_of[text] = len(kept)
+        kept.append(i)
+    selection.searched = [retrieved[i] for i in kept]
+    selection.relevance = relevance[kept]
+    return selection

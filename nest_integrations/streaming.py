@@ -1,0 +1,112 @@
+"""From decoding steps to streamed chunks: answer text, stop strings and final citations.
+
+A citation is streamed on the first chunk after which it cannot change (its claim is closed
+and its text released); the last chunk carries the ``NestResult``. Each chunk costs O(new
+tokens). Decoding and source selection are not done here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .citations import Citation, NestResult, Provenance
+from .claims import ClaimTracker
+from .passages.types import Passage, ScoredPassage
+from .text_stream import IncrementalDetokenizer, StopScanner
+from .token_index import EncodedPassage
+
+
+class NestChunk(BaseModel):
+    """One streamed piece: new text, citations completed by it, and the result on the last chunk."""
+
+    text: str = ""
+    token_ids: list[int] = Field(default_factory=list)
+    copied: bool = False
+    citations: list[Citation] = Field(default_factory=list)
+    result: NestResult | None = None
+
+
+class AnswerAssembler:
+    """Collects decoded tokens and their provenance; releases text and final citations."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        eos: set[int],
+        stops: Sequence[str],
+        passages: Sequence[ScoredPassage],
+        encoded: Sequence[EncodedPassage],
+        duplicates: Mapping[int, Sequence[Passage]] | None = None,
+    ) -> None:
+        self.eos = eos
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.stops = StopScanner(stops)
+        self.claims = ClaimTracker(passages, encoded, duplicates)
+        self.provenance: list[Provenance | None] = []
+        self.stop_at: int | None = None  # char where a stop string begins, once one is seen
+        self._released = 0  # chars of text streamed so far
+        self._cited = 0  # citations streamed so far
+
+    def put(self, tokens: Sequence[int], provenance: Sequence[Provenance | None]) -> NestChunk | None:
+        """Add one decoding step; returns the chunk it releases, if any (None after a stop string)."""
+        kept = len(tokens)
+        for i, t in enumerate(tokens):
+            if t in self.eos:
+                kept = i
+                break
+        self.provenance.extend(provenance if kept == len(tokens) else provenance[:kept])
+        self._feed_claims(self.detok.put(tokens if kept == len(tokens) else tokens[:kept]))
+        text = self.detok.text
+        self.stop_at = self.stops.scan(text)
+        if self.stop_at is not None:
+            return None
+        safe = self.stops.releasable(len(text))
+        if safe <= self._released:
+            return None
+        # Built without re-validation: every field is produced here with its type (saves ~5 us a token).
+        chunk = NestChunk.model_construct(
+            text=text[self._released : safe],
+            token_ids=list(tokens),
+            copied=any(p is not None for p in provenance),
+            citations=self._final_citations(safe),
+            result=None,
+        )
+        self._released = safe
+        return chunk
+
+    def _feed_claims(self, committed: int) -> None:
+        d = self.detok
+        for i in range(d.committed - committed, d.committed):
+            self.claims.add(d.text, self.provenance[i], d.starts[i], d.ends[i])
+
+    def _final_citations(self, limit: int) -> list[Citation]:
+        open_start = self.claims.open_start()
+        if open_start is not None:
+            limit = min(limit, open_start)
+        done = self.claims.citations
+        new = []
+        while self._cited < len(done) and done[self._cited].output_end <= limit:
+            new.append(done[self._cited])
+            self._cited += 1
+        return new
+
+    def finish(self) -> tuple[str, list[int], list[Provenance | None]]:
+        """End of output: the final text (cut at a stop string), its tokens and their provenance."""
+        self._feed_claims(self.detok.flush())
+        d = self.detok
+        text, tokens, provenance = str(d.text), d.tokens, self.provenance
+        if self.stop_at is None:
+            self.stop_at = self.stops.scan(text)
+        if self.stop_at is not None:
+            text = text[: self.stop_at]
+            keep = sum(1 for s in d.starts if s < self.stop_at)
+            tokens, provenance = tokens[:keep], provenance[:keep]
+        self.claims.finish(text)
+        return text, tokens, provenance
+
+    def last_chunk(self, text: str, result: NestResult) -> NestChunk:
+        """The chunk that carries the result: the rest of the text and the citations not yet streamed."""
+        return NestChunk(text=text[self._released :], citations=self.claims.citations[self._cited :], result=result)

@@ -1,0 +1,263 @@
+"""Output text built incrementally from token ids, with each token's char range and stop strings.
+
+Shaped like transformers' ``TextStreamer``: tokens go in with ``put``, only a short window of
+recent tokens is ever re-decoded, so a chunk costs O(new tokens) however long the output is.
+Citations are not built here (see ``claims.py``); decoding is not done here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import contextlib
+import random
+import unicodedata
+import weakref
+from collections.abc import Sequence
+from typing import Any, Protocol, overload
+
+# A byte-level tokenizer splits a character into at most 4 byte tokens; past this many tokens
+# an undecodable tail is real replacement characters, not an unfinished character.
+_MAX_PENDING_TOKENS = 6
+_JOINERS = "'’-\u200d"  # inside a word when between word characters: "Nero's", "pre-war"
+
+
+def _is_word_char(c: str) -> bool:
+    # Letters, digits and combining marks: "e" + U+0301 is one unit, never split.
+    return c.isalnum() or c == "_" or unicodedata.category(c).startswith("M")
+
+
+def joined(text: Chars, i: int) -> bool:
+    """Whether position ``i`` of ``text`` is inside a word (no boundary between i-1 and i)."""
+    if i <= 0 or i >= len(text):
+        return False
+    left, right = text[i - 1], text[i]
+    if _is_word_char(right) and unicodedata.category(right).startswith("M"):
+        return True  # a combining mark belongs to the character before it
+    if _is_word_char(left) and _is_word_char(right):
+        return True
+    if left in _JOINERS:
+        return i >= 2 and _is_word_char(text[i - 2]) and _is_word_char(right)
+    if right in _JOINERS:
+        return i + 1 < len(text) and _is_word_char(left) and _is_word_char(text[i + 1])
+    return False
+
+
+def word_count(quote: str) -> int:
+    return len(quote.split())
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-ins for the 256 bytes (GPT-2's scheme), char -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+_TABLES: weakref.WeakKeyDictionary[Any, list[bytes] | None] = weakref.WeakKeyDictionary()
+
+
+def token_bytes(tokenizer: Any) -> list[bytes] | None:
+    """Each token's bytes when the tokenizer is byte-level BPE (special tokens: none), else None.
+
+    Decoding then is concatenating bytes, which costs O(1) per token; the table is checked
+    against ``tokenizer.decode`` on sampled sequences and only used where they agree.
+    """
+    try:
+        return _TABLES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    table = _build_byte_table(tokenizer)
+    with contextlib.suppress(TypeError):
+        _TABLES[tokenizer] = table
+    return table
+
+
+def _build_byte_table(tokenizer: Any) -> list[bytes] | None:
+    alphabet = _byte_level_alphabet()
+    added_tokens = getattr(tokenizer, "added_tokens_decoder", {})
+    special = set(tokenizer.all_special_ids) | {i for i, t in added_tokens.items() if getattr(t, "special", False)}
+    added = {i: t.content for i, t in added_tokens.items()}
+    table: list[bytes] = []
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if i in special:
+            table.append(b"")
+        elif i in added:
+            table.append(str(added[i]).encode())
+        elif isinstance(piece, str) and all(c in alphabet for c in piece):
+            table.append(bytes(alphabet[c] for c in piece))
+        else:
+            return None  # not byte-level BPE (e.g. SentencePiece): decode through the tokenizer
+    rng = random.Random(0)
+    samples = [[rng.randrange(len(table)) for _ in range(rng.randrange(1, 24))] for _ in range(200)]
+    samples.append(tokenizer("Héllo wörld 😀 e\u0301, x. Nero's\n\n42", add_special_tokens=False)["input_ids"])
+    for ids in samples:
+        expected = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if b"".join(table[i] for i in ids).decode("utf-8", errors="replace") != expected:
+            return None
+    return table
+
+
+class Chars(Protocol):
+    """Read access to text by index and slice: a ``str`` or a :class:`GrowingText`."""
+
+    def __len__(self) -> int: ...
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> str: ...
+
+
+class GrowingText:
+    """Append-only text kept as pieces, so appending and reading recent chars cost O(piece),
+    not O(length) as ``str +=`` on an attribute does."""
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._offsets: list[int] = []  # char offset of each piece
+        self._length = 0
+        self._joined: str | None = ""
+
+    def append(self, piece: str) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self._offsets.append(self._length)
+            self._length += len(piece)
+            self._joined = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __str__(self) -> str:
+        if self._joined is None:
+            self._joined = "".join(self._pieces)
+            self._pieces, self._offsets = [self._joined], [0]
+        return self._joined
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> str: ...
+
+    def __getitem__(self, i: int | slice) -> str:
+        if isinstance(i, int):
+            if i < 0:
+                i += self._length
+            if not 0 <= i < self._length:
+                raise IndexError(i)
+            return self[i : i + 1]
+        start, stop, _ = i.indices(self._length)
+        if stop <= start:
+            return ""
+        first = bisect.bisect_right(self._offsets, start) - 1
+        parts = []
+        k = first
+        while k < len(self._pieces) and self._offsets[k] < stop:
+            parts.append(self._pieces[k])
+            k += 1
+        return "".join(parts)[start - self._offsets[first] : stop - self._offsets[first]]
+
+
+class IncrementalDetokenizer:
+    """Decodes a growing token sequence; ``text`` only ever grows, each token gets a char range.
+
+    ``str(text)`` equals ``tokenizer.decode(tokens, skip_special_tokens=True)`` once
+    :meth:`flush` has run. A token that ends inside a multi-byte character stays pending until the character
+    is complete; the tokens of that character then share one char range.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._bytes = token_bytes(tokenizer)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.tokens: list[int] = []
+        self.text = GrowingText()
+        self.starts: list[int] = []  # char range of each committed token in ``text``
+        self.ends: list[int] = []
+        self.committed = 0  # how many tokens have their text in ``text``
+        self._prefix = 0  # the decode window starts at this token (a little before ``committed``)
+        self._prefix_text = ""  # decode(tokens[_prefix:committed])
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def put(self, ids: Sequence[int]) -> int:
+        """Append token ids; returns how many tokens were committed to ``text`` by this call."""
+        before = self.committed
+        if self._bytes is not None:
+            for t in ids:
+                self.tokens.append(t)
+                self._append(self._utf8.decode(self._bytes[t] if t < len(self._bytes) else b""))
+            return self.committed - before
+        self.tokens.extend(ids)
+        for end in range(self.committed + 1, len(self.tokens) + 1):
+            if end > self.committed:
+                self._try_commit(end, force=end - self.committed >= _MAX_PENDING_TOKENS)
+        return self.committed - before
+
+    def flush(self) -> int:
+        """Commit whatever is pending (the output has ended); returns how many tokens that was."""
+        before = self.committed
+        if self._bytes is not None:
+            self._append(self._utf8.decode(b"", final=True), final=True)
+        elif len(self.tokens) > self.committed:
+            self._try_commit(len(self.tokens), force=True)
+        return self.committed - before
+
+    def _append(self, new: str, *, final: bool = False) -> None:
+        """Byte path: ``new`` completes the pending tokens (an unfinished character yields "")."""
+        pending = len(self.tokens) - self.committed
+        if not pending or (not new and not final and self._utf8.getstate()[0]):
+            return  # the last token ends inside a character
+        self._commit(new, pending)
+
+    def _commit(self, new: str, count: int) -> None:
+        start = len(self.text)
+        self.text.append(new)
+        self.starts.extend([start] * count)
+        self.ends.extend([len(self.text)] * count)
+        self.committed += count
+
+    def _try_commit(self, end: int, *, force: bool) -> None:
+        window = self._decode(self.tokens[self._prefix : end])
+        if not window.startswith(self._prefix_text):
+            # A tokenizer whose decode is not prefix-stable (rare): decode the whole output once.
+            window, self._prefix, self._prefix_text = self._decode(self.tokens[:end]), 0, str(self.text)
+        new = window[len(self._prefix_text) :]
+        if new.endswith("\ufffd") and not force:
+            return  # the last token ends inside a character
+        first = self.committed
+        self._commit(new, end - first)
+        self._prefix, self._prefix_text = first, self._decode(self.tokens[first:end])
+
+
+class StopScanner:
+    """Finds the first stop string in a growing text, scanning only text not scanned before."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = list(stops)
+        # A stop string may straddle two puts: keep this many chars unreleased and rescan them.
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self._scanned = 0
+
+    def scan(self, text: Chars) -> int | None:
+        """Char index of the earliest stop string in ``text``, or None."""
+        if not self.stops:
+            return None
+        start = max(0, self._scanned - self.hold)
+        self._scanned = len(text)
+        tail = text[start : len(text)]
+        found = [i for i in (tail.find(s) for s in self.stops) if i >= 0]
+        return start + min(found) if found else None
+
+    def releasable(self, length: int) -> int:
+        """How many chars of a text of ``length`` can be shown: all but a possible partial stop string."""
+        return length - self.hold if self.stops else length

@@ -1,0 +1,208 @@
+"""Claim-level citations, word/grapheme boundaries and the splice rule, on constructed inputs (no model)."""
+
+from __future__ import annotations
+
+import itertools
+import unicodedata
+
+import numpy as np
+import torch
+
+from nest_integrations.citations import Provenance, mark_citations
+from nest_integrations.claims import ClaimTracker, snap
+from nest_integrations.passages.types import Passage, ScoredPassage
+from nest_integrations.sentence_lock import SentenceLock
+from nest_integrations.text_stream import StopScanner, joined
+from nest_integrations.token_index import EncodedPassage
+
+
+def _encoded(text: str, pieces: list[str]) -> EncodedPassage:
+    """A passage encoded as the given pieces (their concatenation is ``text``), one token each."""
+    assert "".join(pieces) == text
+    spans, at = [], 0
+    for piece in pieces:
+        spans.append((at, at + len(piece)))
+        at += len(piece)
+    n = len(pieces)
+    return EncodedPassage(
+        token_ids=torch.arange(n),
+        char_spans=np.asarray(spans, dtype=np.int64),
+        text_offset=0,
+        first_key=0,
+        keys=torch.zeros((max(n - 1, 0), 4)),
+    )
+
+
+def _track(source: str, pieces: list[str], output: list[tuple[str, int | None]]) -> tuple[str, ClaimTracker]:
+    """Feed ``output`` (piece, source token position or None for generated) to a tracker over one passage."""
+    passage = ScoredPassage(
+        passage=Passage(id="p0", text=source, title="T", document_id="doc", start=100, end=100 + len(source))
+    )
+    tracker = ClaimTracker([passage], [_encoded(source, pieces)])
+    text = ""
+    for piece, position in output:
+        start = len(text)
+        text += piece
+        prov = None if position is None else Provenance(0, position, 0.9)
+        tracker.add(text, prov, start, len(text))
+    tracker.finish(text)
+    return text, tracker
+
+
+SOURCE = "Herons was written by Simon Stephens, which was performed in 2001."
+PIECES = [
+    "Her",
+    "ons",
+    " was",
+    " written",
+    " by",
+    " Simon",
+    " Stephens",
+    ",",
+    " which",
+    " was",
+    " performed",
+    " in",
+    " 2001",
+    ".",
+]
+
+
+def test_contiguous_copies_with_a_matching_generated_gap_merge_into_one_claim() -> None:
+    text, tracker = _track(
+        SOURCE,
+        PIECES,
+        [
+            ("Her", 0),
+            ("ons", 1),
+            (" was", 2),
+            (" written", None),
+            (" by", 4),
+            (" Simon", 5),
+            (" Stephens", 6),
+            (".", None),
+        ],
+    )
+    assert [c.quote for c in tracker.citations] == ["Herons was written by Simon Stephens"]
+    c = tracker.citations[0]
+    assert text[c.output_start : c.output_end] == SOURCE[c.passage_start : c.passage_end] == c.quote
+    assert (c.document_start, c.document_end) == (100 + c.passage_start, 100 + c.passage_end)
+    assert tracker.fragments == []
+
+
+def test_copies_from_non_adjacent_places_are_separate_claims() -> None:
+    _, tracker = _track(
+        SOURCE, PIECES, [("Her", 0), ("ons", 1), (" was", 2), (" performed", 10), (" in", 11), (" 2001", 12)]
+    )
+    assert [c.quote for c in tracker.citations] == ["Herons was", "performed in 2001"]
+
+
+def test_one_word_copy_is_a_fragment_not_a_citation() -> None:
+    _, tracker = _track(SOURCE, PIECES, [("The play", None), (" performed", 10), (" at night", None)])
+    assert tracker.citations == []
+    assert [c.quote for c in tracker.fragments] == ["performed"]
+
+
+def test_a_quote_grows_into_its_word_when_the_output_agrees_and_shrinks_when_it_does_not() -> None:
+    # Generated text before a run is never quoted.
+    _, grown = _track(SOURCE, PIECES, [("He", None), ("rons", None), (" was", 2), (" written", 3)])
+    assert [c.quote for c in grown.citations] == ["was written"]
+    _, tracker = _track(SOURCE, PIECES, [("Her", None), ("ons", 1), (" was", 2), (" written", 3)])
+    assert [c.quote for c in tracker.citations] == ["Herons was written"]
+    # The output ends inside a source word ("Steph"): the quote stops before it.
+    source = "by Simon Stephens."
+    _, cut = _track(source, ["by", " Simon", " Steph", "ens", "."], [("by", 0), (" Simon", 1), (" Steph", 2)])
+    assert [c.quote for c in cut.citations] == ["by Simon"]
+
+
+def test_quote_and_marks_never_split_a_grapheme_cluster() -> None:
+    source = unicodedata.normalize("NFD", "The old Café Zoë opened in Montréal.")
+    i = source.index("e\u0301")
+    pieces = ["The", " old", source[len("The old") : i + 1], source[i + 1 :]]  # a token ends between "e" and its accent
+    text, tracker = _track(source, pieces, [("The", 0), (" old", 1), (pieces[2], 2), ("!", None)])
+    assert text == "The old Cafe!"
+    # "Cafe" without its accent is not the source's word: the claim stops before it.
+    assert [c.quote for c in tracker.citations] == ["The old"]
+    assert not joined(source, tracker.citations[0].passage_end)
+    marked = mark_citations("Cafe\u0301 is open", [4])
+    assert marked == "Cafe\u0301 [1] is open"
+    assert mark_citations("Nero's father", [4]) == "Nero's [1] father"
+
+
+def test_snap_drops_a_quote_that_is_one_partial_word() -> None:
+    assert snap("xoulter.", "Boulter is", 1, 7, 1, 7) is None
+    assert snap("Boulter is", "Boulter is", 1, 10, 1, 10) == (0, 10, 0, 10)
+
+
+def test_claim_cut_by_a_stop_string_ends_at_a_word_boundary() -> None:
+    source = "He starred in the play Herons at the Royal Court."
+    pieces = ["He", " starred", " in", " the", " play", " Her", "ons", " at", " the", " Royal"]
+    pieces.append(source[len("".join(pieces)) :])
+    out = [(p, i) for i, p in enumerate(pieces[:7])]
+    passage = ScoredPassage(passage=Passage(id="p0", text=source))
+    tracker = ClaimTracker([passage], [_encoded(source, pieces)])
+    text = ""
+    for piece, position in out:
+        start = len(text)
+        text += piece
+        tracker.add(text, Provenance(0, position, 1.0), start, len(text))
+    tracker.finish(text[: text.index("Her") + 2])  # a stop string cut "Herons" after "He"
+    assert [c.quote for c in tracker.citations] == ["He starred in the play"]
+
+
+def test_stop_scanner_finds_a_stop_string_split_across_puts() -> None:
+    scanner = StopScanner(["\n\n"])
+    assert scanner.scan("Hello\n") is None
+    assert scanner.releasable(len("Hello\n")) == 5
+    assert scanner.scan("Hello\n\nmore") == 5
+
+
+def _lock(passages: list[list[int]]) -> SentenceLock:
+    vocab = 20
+    word_start = torch.zeros(vocab, dtype=torch.bool)
+    word_start[10:19] = True  # tokens 10-18 start words; 1-9 continue them
+    sentence_end = torch.zeros(vocab, dtype=torch.bool)
+    sentence_end[19] = True  # "."
+    return SentenceLock(lambda p: torch.tensor(passages[p]), word_start, sentence_end)
+
+
+def test_splice_rule_locks_a_sentence_to_its_first_substantive_copy() -> None:
+    lock = _lock([[10, 11, 12, 13, 19], [14, 5, 16, 19]])
+    lock.observe(10, Provenance(0, 0, 1.0))
+    assert lock.continuation() is None  # one word: a fragment, no lock yet
+    lock.observe(11, Provenance(0, 1, 1.0))
+    assert lock.continuation() == (0, 2, 12)  # two words copied: only the run's next token may follow
+    lock.observe(12, None)  # the LM wrote the same token: still one verbatim run
+    assert lock.continuation() == (0, 3, 13)
+    lock.observe(15, Provenance(1, 1, 1.0))  # a copy from elsewhere breaks the run
+    assert lock.continuation() is None and lock.lm_only
+    lock.observe(16, Provenance(1, 2, 1.0))
+    assert lock.lm_only  # the LM alone finishes the sentence
+    lock.observe(19, None)  # sentence end: everything resets
+    assert not lock.lm_only and lock.continuation() is None
+    lock.observe(14, Provenance(1, 0, 1.0))
+    lock.observe(5, Provenance(1, 1, 1.0))
+    assert lock.continuation() is None  # "5" continues the word: still one word
+    lock.observe(16, Provenance(1, 2, 1.0))
+    assert lock.continuation() == (1, 3, 19)
+
+
+def test_splice_rule_releases_a_lock_at_the_end_of_its_passage() -> None:
+    lock = _lock([[10, 11]])
+    lock.observe(10, Provenance(0, 0, 1.0))
+    lock.observe(11, Provenance(0, 1, 1.0))
+    assert lock.locked == (0, 2) and lock.continuation() is None
+    assert lock.lm_only  # the run's passage ended: the LM finishes the sentence
+    lock.observe(12, None)
+    assert lock.lm_only
+
+
+def test_a_word_made_of_copies_from_two_places_is_claimed_once() -> None:
+    # "Boul" copied from the second "Boulter", "ter" from the first: the claims may not overlap.
+    source = "Boulter is an actor. In 2004 Boulter landed a role."
+    pieces = ["Boul", "ter", " is", " an", " actor", ".", " In", " 2004", " Boul", "ter", " landed", " a", " role", "."]
+    _, tracker = _track(source, pieces, [("Boul", 8), ("ter", 1), (" is", 2), (" an", 3)])
+    claims = sorted((c.output_start, c.output_end) for c in tracker.citations + tracker.fragments)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(claims)), claims
+    # Neither copy may claim the other's text: the word is claimed by neither.
+    assert [c.quote for c in tracker.citations] == ["is an"] and tracker.fragments == []
