@@ -221,7 +221,6 @@ def create_app(
             overrides["top_p"] = req.top_p
         if req.seed is not None:
             overrides["seed"] = req.seed
-        check_options(engine.config, overrides)
         return messages, overrides
 
     async def admit() -> None:
@@ -238,6 +237,7 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         req = await read_request(request)
         messages, overrides = generation_args(req)
+        check_options(engine.config, overrides)  # everything the engine would reject is a 400 now
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         await admit()
         if req.stream:
