@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..citations import NestResult
 from ..config import NestConfig
 from ..engine import NestEngine
+from ..hooks import clear_passage_cache
 from ..lm import build_prompt_ids, normalize_messages
+from ..plain import plain_generate as plain_decode
 from .first_stages import FirstStage, built_in
 from .metrics import is_sentence_start, starts_mid_sentence
 from .tasks import Prompt
@@ -111,7 +111,7 @@ def nest(
         first_stage = time.perf_counter() - t
         kwargs = {"passages": given, "query": _query(prompt), "chat": _chat(prompt), **overrides}
         if cold:
-            engine.encoder.clear()
+            clear_passage_cache(engine)
         else:
             engine.generate(prompt.text, max_new_tokens=1, **kwargs)
         t = time.perf_counter()
@@ -155,7 +155,6 @@ def _query(prompt: Prompt) -> str:
     return prompt.text
 
 
-@torch.inference_mode()
 def _hf_generate(
     engine: NestEngine,
     name: str,
@@ -165,26 +164,18 @@ def _hf_generate(
     extra: dict[str, Any],
     first_stage: float,
 ) -> Measurement:
-    lm = engine.lm
-    inputs = torch.tensor([ids], device=lm.device)
-    t = time.perf_counter()
-    out = lm.model.generate(
-        inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens, do_sample=False, **extra
-    )
-    decoding = time.perf_counter() - t
-    new = [x for x in out[0, len(ids) :].tolist() if x not in lm.eos_token_ids]
-    text = lm.tokenizer.decode(new, skip_special_tokens=True)
+    out = plain_decode(engine.lm, ids, max_new_tokens, **extra)
     return Measurement(
         system=name,
         task=prompt.task,
         prompt=prompt.text,
         document_id=prompt.document_id,
-        text=text,
-        tokens=len(new),
-        seconds=first_stage + decoding,
+        text=out.text,
+        tokens=len(out.token_ids),
+        seconds=first_stage + out.seconds,
         first_stage_s=first_stage,
-        decoding_s=decoding,
-        mid_sentence_start=starts_mid_sentence(text, None),
+        decoding_s=out.seconds,
+        mid_sentence_start=starts_mid_sentence(out.text, None),
     )
 
 
