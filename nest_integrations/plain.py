@@ -31,13 +31,16 @@ def plain_generate(
     max_new_tokens: int,
     *,
     static_cache: bool = False,
+    compile: bool | None = None,
     prompt_lookup_num_tokens: int | None = None,
     min_new_tokens: int = 0,
 ) -> PlainOutput:
     """Greedy decoding of up to ``max_new_tokens`` after ``prompt_ids`` (a list of token ids).
 
     ``static_cache``: a preallocated KV cache sized for prompt + new tokens (compiled by
-    transformers on CUDA). ``prompt_lookup_num_tokens``: draft that many tokens by n-gram
+    transformers on CUDA). ``compile`` (static cache only): None leaves it to transformers
+    (compiled on CUDA), True compiles the decode step on any device, False never.
+    ``prompt_lookup_num_tokens``: draft that many tokens by n-gram
     look-up in the prompt (transformers' prompt-lookup decoding). Output is the same greedy text
     either way, up to floating-point differences between kernels. ``min_new_tokens``: EOS is
     suppressed until that many tokens exist (fixed-length speed runs).
@@ -47,6 +50,14 @@ def plain_generate(
     extra: dict[str, Any] = {}
     if static_cache:
         extra["cache_implementation"] = "static"
+        if compile is False:
+            extra["disable_compile"] = True
+        elif compile:
+            from transformers import CompileConfig
+
+            config = CompileConfig()
+            config._compile_all_devices = True  # type: ignore[assignment]  # transformers: compile off CUDA too
+            extra["compile_config"] = config
     if min_new_tokens:
         extra["min_new_tokens"] = min_new_tokens
     if prompt_lookup_num_tokens:
