@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -16,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .cache import cache_dir
 from .corpus import DEFAULT_CORPUS_FILE, default_corpus
 from .lm import load_tokenizer
 from .passages.chunking import TokenCounter, approximate_token_count, chunk_document
@@ -56,14 +56,8 @@ def build_index(
     return retriever
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("NEST_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nest-integrations"
-    )
-    return Path(root)
-
-
-def _default_index_dir() -> Path:
+def default_index_dir() -> Path:
+    """Where the built-in corpus's index is cached (built by :func:`default_retriever`)."""
     corpus = resources.files("nest_integrations.data").joinpath(DEFAULT_CORPUS_FILE).read_bytes()
     digest = hashlib.sha1(corpus + f"|{DEFAULT_MAX_PASSAGE_TOKENS}|v2".encode()).hexdigest()[:12]
     return cache_dir() / f"default-index-{digest}"
@@ -74,7 +68,7 @@ def default_retriever(*, tokenizer: Any | None = None, progress: bool = True) ->
 
     ``tokenizer`` counts passage tokens; it should be the default model's (loaded if not given).
     """
-    target = _default_index_dir()
+    target = default_index_dir()
     if (target / "meta.json").is_file():
         return HybridRetriever.load(target)
     if tokenizer is None:

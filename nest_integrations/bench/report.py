@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import rouge
-from .systems import Measurement
+from .systems import PLAIN_SYSTEMS, Measurement
 from .tasks import Prompt
 
 
@@ -22,6 +22,14 @@ def summarize(
     baseline: dict[str, float] = {}
     order = list(dict.fromkeys(m.system for m in measurements))
     for task in ("completion", "entity"):
+        best_plain = max(
+            (
+                _tokens_per_s([m for m in measurements if m.system == s and m.task == task])
+                for s in order
+                if s.startswith(PLAIN_SYSTEMS)
+            ),
+            default=0.0,
+        )
         for system in order:
             ms = [m for m in measurements if m.system == system and m.task == task]
             if not ms:
@@ -44,6 +52,7 @@ def summarize(
                     "prompts": len(ms),
                     "tokens_per_s": tps,
                     "speed_ratio": tps / baseline[task] if baseline.get(task) else None,
+                    "speed_vs_best_plain": tps / best_plain if best_plain else None,
                     "latency_s": seconds / len(ms),
                     "first_stage_s": statistics.mean(m.first_stage_s for m in ms),
                     "token_index_s": statistics.mean(m.token_index_s for m in ms),
@@ -66,6 +75,11 @@ def summarize(
     return rows
 
 
+def _tokens_per_s(ms: Sequence[Measurement]) -> float:
+    seconds = sum(m.seconds for m in ms)
+    return sum(m.tokens for m in ms) / seconds if seconds else 0.0
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -79,6 +93,7 @@ COLUMNS = [
     ("prompts", "n"),
     ("tokens_per_s", "tok/s"),
     ("speed_ratio", "x (a)"),
+    ("speed_vs_best_plain", "x best plain"),
     ("latency_s", "latency s"),
     ("first_stage_s", "1st stage s"),
     ("token_index_s", "index s"),
