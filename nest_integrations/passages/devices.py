@@ -2,7 +2,7 @@
 
 CUDA is used when present (like the LM). The dense index moves to the GPUs only when the
 installed FAISS is a GPU build that sees one (``faiss.get_num_gpus() > 0``); ``faiss-cpu``
-is the default dependency, and docs/gpu.md gives the swap to the official ``faiss-gpu``.
+is the default dependency, and docs/first-stages.md gives the swap to the official ``faiss-gpu``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ DenseDevice = Literal["auto", "cpu", "cuda"]
 DENSE_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 GPU_FAISS_HOWTO = (
     "install the official GPU build of FAISS in place of faiss-cpu: "
-    "pip uninstall -y faiss-cpu && pip install faiss-gpu (CUDA 12 wheels; see docs/gpu.md)"
+    "pip uninstall -y faiss-cpu && pip install faiss-gpu (CUDA 12 wheels; see docs/first-stages.md)"
 )
 
 
