@@ -90,7 +90,9 @@ def test_an_unknown_dense_device_is_rejected_before_any_work() -> None:
         HybridRetriever(PASSAGES, embedder=None, dense_device="gpu")  # no encoder is loaded for this
 
 
-@pytest.mark.skipif(FAISS_GPUS == 0, reason="needs a GPU build of FAISS (faiss-gpu) and a GPU; see docs/first-stages.md")
+@pytest.mark.skipif(
+    FAISS_GPUS == 0, reason="needs a GPU build of FAISS (faiss-gpu) and a GPU; see docs/first-stages.md"
+)
 def test_on_gpu_faiss_the_index_moves_there_and_ranks_as_on_cpu(embedder: SentenceEmbedder, tmp_path) -> None:
     gpu = HybridRetriever(PASSAGES, embedder=embedder)
     cpu = HybridRetriever(PASSAGES, embedder=embedder, dense_device="cpu")

@@ -80,6 +80,16 @@ def test_plain_raw_other_field_names_and_stored_contents_only() -> None:
     )
     with pytest.raises(ValueError, match="--storeRaw"):
         passage_from_stored("t", None, None, LuceneFields())
+    with pytest.raises(ValueError, match=r"no 'contents' field.*LuceneFields\(text=\.\.\.\)\)\. Its fields: id, body"):
+        passage_from_stored("t", json.dumps({"id": "t", "body": "x"}), None, LuceneFields())
+
+
+def test_without_pyserini_the_error_names_the_extra(monkeypatch) -> None:
+    from nest_integrations.passages.lucene import import_lucene_searcher
+
+    monkeypatch.setitem(sys.modules, "pyserini", None)  # what `import pyserini` meets when it is not installed
+    with pytest.raises(ImportError, match=r'"pyserini" extra: pip install "nest-integrations\[pyserini\]"'):
+        import_lucene_searcher()
 
 
 # Finding a Java 21 (no JVM) ---------------------------------------------------------------

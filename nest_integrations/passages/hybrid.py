@@ -8,8 +8,10 @@ the installed FAISS is a GPU build that sees one (``dense_device``, see ``device
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ class HybridRetriever:
         self._embedder = embedder
         self._dense: Any = None  # the CPU index: saved, and searched for k above GPU_FAISS_MAX_K
         self._dense_search: Any = None  # what searches: the CPU index or its GPU copy
+        self._gpu_lock = threading.Lock()  # GPU FAISS indexes are not safe to search from two threads at once
         self._bm25: Any = None
         if not self.passages:
             return
@@ -112,8 +115,9 @@ class HybridRetriever:
 
     def _dense_scores(self, query: str, n: int) -> dict[int, float]:
         q = self.embedder.encode([query])
-        index = self._dense_search if n <= GPU_FAISS_MAX_K else self._dense
-        scores, ids = index.search(q, n)
+        on_gpu = self.dense_on_gpu and n <= GPU_FAISS_MAX_K
+        with self._gpu_lock if on_gpu else contextlib.nullcontext():
+            scores, ids = (self._dense_search if on_gpu else self._dense).search(q, n)
         return {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0}
 
     def _bm25_scores(self, query: str, n: int) -> dict[int, float]:

@@ -77,7 +77,12 @@ def passage_from_stored(docid: str, raw: str | None, contents: str | None, field
         return Passage(id=docid, text=text)
     text = record.get(fields.text)
     if not isinstance(text, str):
-        text = contents or ""
+        text = contents
+    if text is None:
+        raise ValueError(
+            f"Lucene document {docid!r} has no {fields.text!r} field; name its text field with "
+            f"LuceneRetriever(..., fields=LuceneFields(text=...)). Its fields: {', '.join(map(str, record))}."
+        )
     title = record.get(fields.title) if fields.title else None
     document_id = record.get(fields.document_id) if fields.document_id else None
     start = record.get(fields.start) if fields.start else None
