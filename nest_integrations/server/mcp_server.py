@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..call_options import engine_overrides
 from ..engine import NestEngine
 
 MAX_TOKENS = 512
@@ -35,7 +36,7 @@ def create_mcp_server(engine: NestEngine) -> Any:
             raise ValueError("question is empty")
         if not 1 <= max_tokens <= MAX_TOKENS:
             raise ValueError(f"max_tokens must be between 1 and {MAX_TOKENS}")
-        result = await engine.agenerate(question, max_new_tokens=max_tokens)
+        result = await engine.agenerate(question, **engine_overrides(max_tokens=max_tokens))
         return {
             "answer": result.text,
             "citations": [c.model_dump(mode="json") for c in result.citations],
