@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from llama_index.core import VectorStoreIndex
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
 from llama_index.llms.nest import (
     NestChatEngine,
@@ -18,10 +18,29 @@ from llama_index.llms.nest import (
     PassageRetrieverAdapter,
     nodes_to_passages,
 )
-from nest_integrations import StaticRetriever
+from nest_integrations import StaticRetriever, default_corpus
+from nest_integrations.index import chunk_documents
 
 pytestmark = pytest.mark.slow
 QUESTION = "Tell me about Robert Boulter."
+ARTICLES = ("Robert_Boulter", "Clayton_Kershaw", "Du_Fu", "Dick_Rifenburg")
+
+
+@pytest.fixture(scope="module")
+def small_index() -> VectorStoreIndex:
+    """Four articles' passages as nodes that keep document and char range, embedded with NestEmbedding."""
+    nodes = [
+        TextNode(
+            id_=p.id,
+            text=p.text,
+            metadata={"title": p.title},
+            start_char_idx=p.start,
+            end_char_idx=p.end,
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=p.document_id)},
+        )
+        for p in chunk_documents([d for d in default_corpus() if d.id in ARTICLES])
+    ]
+    return VectorStoreIndex(nodes, embed_model=NestEmbedding())
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +49,8 @@ def llm() -> NestLLM:
 
 
 @pytest.fixture(scope="module")
-def native(corpus_index, llm):
-    return NestQueryEngine.from_index(corpus_index, similarity_top_k=20, llm=llm).query(QUESTION)
+def native(small_index, llm):
+    return NestQueryEngine.from_index(small_index, similarity_top_k=20, llm=llm).query(QUESTION)
 
 
 def check_citations(text: str, source_nodes, metadata, documents) -> None:
@@ -50,30 +69,30 @@ def same(a, b) -> None:
     assert [n.node.node_id for n in a.source_nodes] == [n.node.node_id for n in b.source_nodes]
 
 
-def test_as_query_engine_with_the_synthesizer_equals_nest_query_engine(corpus_index, llm, native, documents) -> None:
-    engine = corpus_index.as_query_engine(llm=llm, response_synthesizer=NestSynthesizer(llm), similarity_top_k=20)
+def test_as_query_engine_with_the_synthesizer_equals_nest_query_engine(small_index, llm, native, documents) -> None:
+    engine = small_index.as_query_engine(llm=llm, response_synthesizer=NestSynthesizer(llm), similarity_top_k=20)
     response = engine.query(QUESTION)
     same(response, native)
     check_citations(response.response, response.source_nodes, response.metadata, documents)
     retriever_engine = RetrieverQueryEngine(
-        corpus_index.as_retriever(similarity_top_k=20), response_synthesizer=NestSynthesizer(llm)
+        small_index.as_retriever(similarity_top_k=20), response_synthesizer=NestSynthesizer(llm)
     )
     same(retriever_engine.query(QUESTION), native)
 
 
-async def test_synthesizer_streams_and_runs_async_with_the_same_answer(corpus_index, llm, native) -> None:
-    streaming = corpus_index.as_query_engine(
+async def test_synthesizer_streams_and_runs_async_with_the_same_answer(small_index, llm, native) -> None:
+    streaming = small_index.as_query_engine(
         llm=llm, response_synthesizer=NestSynthesizer(llm, streaming=True), similarity_top_k=20
     ).query(QUESTION)
     text = "".join(streaming.response_gen)
     assert text == native.response
     assert streaming.metadata["citations"] == native.metadata["citations"]
-    engine = corpus_index.as_query_engine(llm=llm, response_synthesizer=NestSynthesizer(llm), similarity_top_k=20)
+    engine = small_index.as_query_engine(llm=llm, response_synthesizer=NestSynthesizer(llm), similarity_top_k=20)
     same(await engine.aquery(QUESTION), native)
 
 
-def test_chat_engine_cites_and_its_first_turn_equals_the_query_engine(corpus_index, llm, native, documents) -> None:
-    chat = NestChatEngine.from_index(corpus_index, similarity_top_k=20, llm=llm)
+def test_chat_engine_cites_and_its_first_turn_equals_the_query_engine(small_index, llm, native, documents) -> None:
+    chat = NestChatEngine.from_index(small_index, similarity_top_k=20, llm=llm)
     first = chat.chat(QUESTION)
     assert first.response == native.response
     assert first.metadata["citations"] == native.metadata["citations"]
@@ -88,22 +107,22 @@ def test_chat_engine_cites_and_its_first_turn_equals_the_query_engine(corpus_ind
     assert chat.chat_history == []
 
 
-async def test_chat_engine_streams_and_runs_async(corpus_index, llm, native) -> None:
-    chat = NestChatEngine.from_index(corpus_index, similarity_top_k=20, llm=llm)
+async def test_chat_engine_streams_and_runs_async(small_index, llm, native) -> None:
+    chat = NestChatEngine.from_index(small_index, similarity_top_k=20, llm=llm)
     streamed = chat.stream_chat(QUESTION)
     text = "".join(streamed.response_gen)
     assert text == native.response
     assert streamed.sources[0].raw_output.metadata["citations"] == native.metadata["citations"]
     assert [n.node.node_id for n in streamed.source_nodes] == [n.node.node_id for n in native.source_nodes]
-    achat = NestChatEngine.from_index(corpus_index, similarity_top_k=20, llm=llm)
+    achat = NestChatEngine.from_index(small_index, similarity_top_k=20, llm=llm)
     reply = await achat.achat(QUESTION)
     assert reply.response == native.response and reply.metadata["citations"] == native.metadata["citations"]
-    astreamed = await NestChatEngine.from_index(corpus_index, similarity_top_k=20, llm=llm).astream_chat(QUESTION)
+    astreamed = await NestChatEngine.from_index(small_index, similarity_top_k=20, llm=llm).astream_chat(QUESTION)
     assert "".join([t async for t in astreamed.async_response_gen()]) == native.response
 
 
-def test_engine_passage_retriever_in_the_query_engine(corpus_index, llm, documents) -> None:
-    nodes = corpus_index.as_retriever(similarity_top_k=20).retrieve(QUESTION)
+def test_engine_passage_retriever_in_the_query_engine(small_index, llm, documents) -> None:
+    nodes = small_index.as_retriever(similarity_top_k=20).retrieve(QUESTION)
     passages = nodes_to_passages(nodes)
     engine = NestQueryEngine.from_retriever(StaticRetriever(passages), llm=llm)
     assert isinstance(engine.retriever, PassageRetrieverAdapter)
