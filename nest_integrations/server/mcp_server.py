@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..call_options import engine_overrides
 from ..engine import NestEngine
 from ..errors import NestError
 
@@ -39,7 +40,7 @@ def create_mcp_server(engine: NestEngine) -> Any:
         if not 1 <= max_tokens <= MAX_TOKENS:
             raise ToolError(f"max_tokens must be between 1 and {MAX_TOKENS}")
         try:
-            result = await engine.agenerate(question, max_new_tokens=max_tokens)
+            result = await engine.agenerate(question, **engine_overrides(max_tokens=max_tokens))
         except NestError as e:  # the model reads the message: it says what to fix
             raise ToolError(str(e)) from e
         return {

@@ -27,6 +27,7 @@ try:  # FastAPI resolves the endpoints' annotations from this module's globals
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('The server needs the "serve" extra: pip install "nest-integrations[serve]"') from e
 
+from ..call_options import engine_overrides
 from ..config import NestConfig
 from ..engine import NestEngine
 from ..errors import ConfigError, InvalidPromptError, NestError, PromptTooLongError
@@ -212,15 +213,12 @@ def create_app(
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise ApiError(400, "stop takes at most 4 non-empty strings.", param="stop")
-        overrides: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": stops}
-        if req.temperature:
-            overrides.update(do_sample=True, temperature=req.temperature)
-        else:
-            overrides["do_sample"] = False
-        if req.top_p is not None:
-            overrides["top_p"] = req.top_p
-        if req.seed is not None:
-            overrides["seed"] = req.seed
+        try:  # options left out (None) leave the engine's config in charge
+            overrides = engine_overrides(
+                temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=stops or None, seed=req.seed
+            )
+        except ConfigError as e:
+            raise ApiError(400, str(e)) from e
         return messages, overrides
 
     async def admit() -> None:
