@@ -17,6 +17,7 @@ from ..citations import NestResult
 from ..config import NestConfig
 from ..engine import NestEngine
 from ..lm import build_prompt_ids, normalize_messages
+from .claims import claim_counts
 from .first_stages import FirstStage, built_in
 from .metrics import is_sentence_start, starts_mid_sentence
 from .tasks import Prompt
@@ -48,6 +49,7 @@ class Measurement:
     accepted_tokens: float = 0.0
     cited: list[CitedSpan] = field(default_factory=list)
     mid_sentence_start: bool = False
+    claims: dict[str, int] | None = None  # ClaimCounts.as_dict() for systems that cite (claims.py)
 
 
 def measurement_from_dict(d: dict[str, Any]) -> Measurement:
@@ -62,7 +64,7 @@ class System:
 
 
 def _chat(prompt: Prompt) -> bool:
-    return prompt.task == "entity"  # completion is raw text continuation
+    return prompt.task != "completion"  # completion is raw text continuation; entity and squad are questions
 
 
 def plain_generate(engine: NestEngine, max_new_tokens: int, name: str = "a: plain generate") -> System:
@@ -135,6 +137,7 @@ def nest(
             accepted_tokens=s.mean_accepted_span * s.spans_accepted,
             cited=[CitedSpan(c.document_id, len(c.quote)) for c in r.citations],
             mid_sentence_start=_opens_mid_sentence(r),
+            claims=claim_counts(r).as_dict(),
         )
 
     return System(name, run)
