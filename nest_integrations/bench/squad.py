@@ -31,7 +31,7 @@ from ..passages.hybrid import HybridRetriever
 from .claims import claim_rates
 from .first_stages import built_in
 from .report import _fmt
-from .run import machine, run_systems
+from .run import machine
 from .systems import Measurement, in_context_rag, nest, plain_generate
 from .tasks import Prompt
 
@@ -218,14 +218,16 @@ def run_squad(
     squad_dir: str | Path | None = None,
     engine: NestEngine | None = None,
     progress: bool = True,
+    checkpoint: int = 1,
 ) -> list[dict[str, Any]]:
     """Answer a seeded sample of SQuAD questions with (a) plain LM, (b) in-context RAG, (d) NEST.
 
     (b) and NEST read the same first-stage passages (the engine's retriever over the SQuAD
     paragraphs, b = ``config.num_passages``); NEST's passage cache is cleared before each
     question, so its latency includes encoding them. ``engine``: a loaded model to reuse (its
-    retriever is replaced by the SQuAD index). Writes ``squad.md`` and ``squad.json`` in ``out``;
-    returns the rows. Raises :class:`SquadDataNotFoundError` when the data is not found.
+    retriever is replaced by the SQuAD index). Writes ``squad.md`` and ``squad.json`` in ``out``
+    every ``checkpoint`` questions (a long run that is stopped keeps its figures so far) and at
+    the end; returns the rows. Raises :class:`SquadDataNotFoundError` when the data is not found.
     """
     directory = find_squad_dir(squad_dir)
     sample = sample_questions(directory, questions, seed)
@@ -243,22 +245,47 @@ def run_squad(
     ]
     started = time.strftime("%Y-%m-%d %H:%M")
     engine.generate("Hello", max_new_tokens=2)  # warm-up: first-call overheads are not a system's cost
-    measurements, _ = run_systems(systems, prompts, progress)
-    rows = score(measurements, sample, recall, titles)
-    header = (
-        f"## SQuAD v1.1 dev QA ({started})\n\nMachine: {machine()}. Model: {lm.name}. "
-        f"{len(sample)} questions (seed {seed}) from {directory}; {len(retriever)} passages of "
-        f"{len(titles)} paragraphs; {max_new_tokens} new tokens; first stage: built-in hybrid, "
-        f"k = b = {engine.config.num_passages}. Data: {SQUAD_LICENCE}"
-    )
+
+    def header(done: int) -> str:
+        partial = f" (partial: {done} of {len(sample)} answered so far)" if done < len(sample) else ""
+        return (
+            f"## SQuAD v1.1 dev QA ({started})\n\nMachine: {machine()}. Model: {lm.name}. "
+            f"{len(sample)} questions (seed {seed}) from {directory}{partial}; {len(retriever)} passages of "
+            f"{len(titles)} paragraphs; {max_new_tokens} new tokens; first stage: built-in hybrid, "
+            f"k = b = {engine.config.num_passages}; systems interleaved question by question. Data: {SQUAD_LICENCE}"
+        )
+
+    from tqdm.auto import tqdm
+
+    done: dict[str, list[Measurement]] = {s.name: [] for s in systems}
+    rows: list[dict[str, Any]] = []
+    for i, prompt in enumerate(tqdm(prompts, desc="SQuAD questions", disable=not progress), 1):
+        for system in systems:  # interleaved, so a changing machine load hits every system alike
+            done[system.name].append(system.run(prompt))
+        if i % checkpoint == 0 or i == len(prompts):
+            measurements = [m for ms in done.values() for m in ms]
+            rows = score(measurements, sample, recall, titles)
+            _write(out, rows, header(i), measurements, sample, recall)
+    return rows
+
+
+def _write(
+    out: Path,
+    rows: list[dict[str, Any]],
+    header: str,
+    measurements: Sequence[Measurement],
+    sample: Sequence[Question],
+    recall: Sequence[bool],
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "squad.md").write_text(markdown(rows, header), encoding="utf-8")
-    per_question = [
-        {**asdict(m), "question_id": q.id, "answers": q.answers, "title": q.title, "gold_in_first_stage": r}
-        for i, m in enumerate(measurements)
-        for q, r in [(sample[i % len(sample)], recall[i % len(sample)])]
-    ]
+    per_system: dict[str, int] = {}
+    per_question = []
+    for m in measurements:
+        i = per_system[m.system] = per_system.get(m.system, -1) + 1
+        q = sample[i]
+        extra = {"question_id": q.id, "answers": q.answers, "title": q.title, "gold_in_first_stage": recall[i]}
+        per_question.append({**asdict(m), **extra})
     (out / "squad.json").write_text(
         json.dumps({"summary": rows, "measurements": per_question}, indent=2), encoding="utf-8"
     )
-    return rows
