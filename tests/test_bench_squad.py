@@ -157,3 +157,13 @@ def test_squad_task_end_to_end_reports_every_column_in_range(tmp_path, monkeypat
     monkeypatch.setattr(index_module, "build_index", no_build)
     again = squad.squad_index(data, tokenizer=engine.lm.tokenizer, progress=False)
     assert len(again) == sum(1 for _ in again.passages) > 0
+
+
+def test_nest_bench_squad_says_where_it_looked_when_the_data_is_absent(tmp_path, capsys) -> None:
+    from nest_integrations.cli import main
+
+    missing = tmp_path / "missing"
+    assert main(["bench", "--squad", "2", "--squad-dir", str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "SQuAD data not found" in err and str(missing) in err and "NEST_SQUAD_DIR" in err
+    assert not (tmp_path / "out").exists()
