@@ -168,6 +168,8 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench.run import run_benchmark
     from .builder import check_options
 
+    if args.squad:
+        return _bench_squad(args)
     config = check_options(_options(args, key_store=False))
     rows = run_benchmark(
         args.out,
@@ -183,6 +185,24 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"Wrote {args.out}/results.md, results.json and results.png ({len(rows)} rows)")
+    return 0
+
+
+def _bench_squad(args: argparse.Namespace) -> int:
+    from .bench.squad import run_squad
+    from .config import NestConfig
+
+    rows = run_squad(
+        args.out,
+        questions=args.squad,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        model=args.model,
+        config=NestConfig.from_file(args.config) if args.config else None,
+        squad_dir=args.squad_dir,
+    )
+    print((args.out / "squad.md").read_text(encoding="utf-8"))
+    print(f"Wrote {args.out}/squad.md and squad.json ({len(rows)} rows)")
     return 0
 
 
@@ -299,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
     bench.add_argument("--isolate", action="store_true", help="one process per system: per-system peak RSS")
+    bench.add_argument(
+        "--squad",
+        type=int,
+        metavar="N",
+        help="instead: the SQuAD QA task on N seeded questions (plain, in-context RAG, NEST; writes squad.md)",
+    )
+    bench.add_argument(
+        "--squad-dir", type=Path, help="SQuAD data (default: $NEST_SQUAD_DIR, else ../shared/data/squad)"
+    )
     bench.set_defaults(func=_bench)
 
     cal = sub.add_parser("calibrate", help="fit alpha, tau, beta, gamma, ... for a model on held-in prompts")

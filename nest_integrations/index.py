@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,22 @@ def default_retriever(*, tokenizer: Any | None = None, progress: bool = True) ->
 
     ``tokenizer`` counts passage tokens; it should be the default model's (loaded if not given).
     """
-    target = default_index_dir()
+    return cached_index(default_index_dir(), default_corpus, tokenizer=tokenizer, progress=progress)
+
+
+def cached_index(
+    target: Path,
+    docs: Callable[[], Iterable[Document]],
+    *,
+    tokenizer: Any | None = None,
+    progress: bool = True,
+) -> HybridRetriever:
+    """The index saved in ``target``, or ``build_index(docs(), target, ...)`` when there is none yet.
+
+    ``target`` should name what the index holds (e.g. a digest of the corpus file and the
+    passage length), so a changed corpus gets a new index. ``tokenizer``: the default model's
+    when not given.
+    """
     if (target / "meta.json").is_file():
         return HybridRetriever.load(target)
     if tokenizer is None:
@@ -77,7 +92,7 @@ def default_retriever(*, tokenizer: Any | None = None, progress: bool = True) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        retriever = build_index(default_corpus(), tmp, tokenizer=tokenizer, progress=progress)
+        retriever = build_index(docs(), tmp, tokenizer=tokenizer, progress=progress)
         with contextlib.suppress(OSError):  # another process finished first
             tmp.rename(target)
     finally:

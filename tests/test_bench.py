@@ -52,7 +52,14 @@ def test_harness_smoke_run_on_two_prompts(tmp_path, engine) -> None:
         assert 0.0 <= r["rougeL"] <= 1.0 and r["tokens_per_s"] > 0
         if r["system"].startswith("a:"):
             assert r["speed_ratio"] == 1.0
+        if r["system"][:2] in ("a:", "b:", "c:"):  # list no citations: no claim columns
+            assert r["spliced_rate"] is r["fragment_citation_rate"] is r["verbatim_share"] is None
+        if r["system"][:2] in ("d:", "e:"):  # NEST: every answer has a verbatim share
+            assert r["verbatim_share"] is not None
+        for k in ("spliced_rate", "fragment_citation_rate", "verbatim_share"):
+            assert r[k] is None or 0.0 <= r[k] <= 1.0, (r["system"], k, r[k])
     assert "| e: NEST warm cache |" in (tmp_path / "results.md").read_text()
+    assert "| spliced | fragment cit. | verbatim |" in (tmp_path / "results.md").read_text()
 
 
 def test_sentence_start_and_mid_sentence_openings() -> None:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .claims import claim_rates
 from .metrics import rouge
 from .systems import PLAIN_SYSTEMS, Measurement
 from .tasks import Prompt
@@ -70,6 +71,7 @@ def summarize(
                     "rouge2": statistics.mean(s["rouge2"] for s in scores),
                     "rougeL": statistics.mean(s["rougeL"] for s in scores),
                     "peak_rss_mib": peak_rss_mib.get(system),
+                    **claim_columns(ms),
                 }
             )
     return rows
@@ -78,6 +80,12 @@ def summarize(
 def _tokens_per_s(ms: Sequence[Measurement]) -> float:
     seconds = sum(m.seconds for m in ms)
     return sum(m.tokens for m in ms) / seconds if seconds else 0.0
+def claim_columns(ms: Sequence[Measurement]) -> dict[str, float | None]:
+    """Spliced-sentence, fragment-citation and verbatim-supported rates (None for systems that do not cite)."""
+    counts = [m.claims for m in ms if m.claims is not None]
+    if not counts:
+        return dict.fromkeys(("spliced_rate", "fragment_citation_rate", "verbatim_share"))
+    return claim_rates(counts)
 
 
 def _fmt(v: Any) -> str:
@@ -103,6 +111,9 @@ COLUMNS = [
     ("acceptance_rate", "accept rate"),
     ("citation_precision", "cit. precision"),
     ("wrong_source_rate", "wrong-source"),
+    ("spliced_rate", "spliced"),
+    ("fragment_citation_rate", "fragment cit."),
+    ("verbatim_share", "verbatim"),
     ("mid_sentence_starts", "mid-sentence"),
     ("rouge1", "R-1"),
     ("rouge2", "R-2"),

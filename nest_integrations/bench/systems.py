@@ -19,6 +19,7 @@ from ..engine import NestEngine
 from ..hooks import clear_passage_cache
 from ..lm import build_prompt_ids, normalize_messages
 from ..plain import plain_generate as plain_decode
+from .claims import claim_counts
 from .first_stages import FirstStage, built_in
 from .metrics import is_sentence_start, starts_mid_sentence
 from .tasks import Prompt
@@ -50,6 +51,7 @@ class Measurement:
     accepted_tokens: float = 0.0
     cited: list[CitedSpan] = field(default_factory=list)
     mid_sentence_start: bool = False
+    claims: dict[str, int] | None = None  # ClaimCounts.as_dict() for systems that cite (claims.py)
 
 
 def measurement_from_dict(d: dict[str, Any]) -> Measurement:
@@ -64,7 +66,7 @@ class System:
 
 
 def _chat(prompt: Prompt) -> bool:
-    return prompt.task == "entity"  # completion is raw text continuation
+    return prompt.task != "completion"  # completion is raw text continuation; entity and squad are questions
 
 
 PLAIN_SYSTEMS = ("a:", "s:", "l:")  # name prefixes of the plain (no retrieval) systems
@@ -178,6 +180,7 @@ def nest(
             accepted_tokens=s.mean_accepted_span * s.spans_accepted,
             cited=[CitedSpan(c.document_id, len(c.quote)) for c in r.citations],
             mid_sentence_start=_opens_mid_sentence(r),
+            claims=claim_counts(r).as_dict(),
         )
 
     return System(name, run)
