@@ -14,12 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
-from nest_integrations import NestEngine, default_retriever, load_lm
 from nest_integrations.bench.first_stages import first_stage
 from nest_integrations.bench.report import summarize
 from nest_integrations.bench.run import machine, run_systems
 from nest_integrations.bench.systems import nest, paper_settings, plain_generate
 from nest_integrations.bench.tasks import entity_prompts
+from nest_integrations.builder import EngineOptions, build_engine
 
 COLUMNS = [
     ("citation_precision", "citation precision"),
@@ -38,8 +38,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    lm = load_lm()
-    engine = NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer, progress=False))
+    engine = build_engine(EngineOptions(key_store=False))
     prompts = entity_prompts(args.entity, 0)
     n = args.max_new_tokens
     systems = [plain_generate(engine, n)]
@@ -54,7 +53,7 @@ def main() -> None:
     lines = [
         f"## Citation precision, {len(prompts)} entity prompts, {n} new tokens",
         "",
-        f"Machine: {machine()}. Model: {lm.name}. Default config: {engine.config.model_dump_json()}",
+        f"Machine: {machine()}. Model: {engine.lm.name}. Default config: {engine.config.model_dump_json()}",
         "",
         "| system | " + " | ".join(c for _, c in COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),

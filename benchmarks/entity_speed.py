@@ -13,16 +13,16 @@ import time
 
 import torch
 
-from nest_integrations import NestEngine, default_corpus, default_retriever, load_lm
-from nest_integrations.lm import build_prompt_ids, normalize_messages
+from nest_integrations import default_corpus
+from nest_integrations.builder import EngineOptions, build_engine
+from nest_integrations.lm import LoadedLM, build_prompt_ids, normalize_messages
+from nest_integrations.plain import plain_generate as plain_decode
 
 
-def plain_generate(lm, prompt: str, max_new_tokens: int) -> tuple[int, float]:
-    ids = torch.tensor([build_prompt_ids(lm.tokenizer, normalize_messages(prompt))], device=lm.device)
-    t = time.perf_counter()
-    with torch.inference_mode():
-        out = lm.model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False)
-    return out.shape[1] - ids.shape[1], time.perf_counter() - t
+def plain_generate(lm: LoadedLM, prompt: str, max_new_tokens: int) -> tuple[int, float]:
+    ids = build_prompt_ids(lm.tokenizer, normalize_messages(prompt))
+    out = plain_decode(lm, ids, max_new_tokens, min_new_tokens=max_new_tokens)
+    return len(out.token_ids), out.seconds
 
 
 def main() -> None:
@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
 
-    lm = load_lm()
-    engine = NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer))
+    engine = build_engine(EngineOptions(key_store=False, progress=True))
+    lm = engine.lm
     titles = [d.title for d in default_corpus()][: args.prompts]
     prompts = [f"Tell me about {t}." for t in titles]
     plain_generate(lm, "Hello", 8)  # warm-up

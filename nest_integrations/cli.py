@@ -3,105 +3,154 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .citations import NestResult, mark_citations
+if TYPE_CHECKING:  # imported when a command runs, so `nest --help` starts in a fraction of a second
+    from .builder import EngineOptions
+    from .citations import NestResult
 
-if TYPE_CHECKING:
-    from .config import NestConfig
+
+def _options(args: argparse.Namespace, **extra: Any) -> EngineOptions:
+    """The engine options every model-loading subcommand shares."""
+    from .builder import EngineOptions
+
+    return EngineOptions(
+        model=args.model,
+        device=getattr(args, "device", None),
+        dtype=getattr(args, "dtype", None),
+        index=getattr(args, "index", None),
+        config=getattr(args, "config", None),
+        **extra,
+    )
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+def _quiet_library_warnings() -> None:
+    """Warnings a user of `nest` cannot act on (they are the library's to fix), hidden narrowly."""
+    # transformers 5 logs (once) that the decoder's `past_key_values=` argument and output field
+    # are deprecated in favour of `cache` (nest_integrations/decoding.py, the KV-cache owner).
+    logging.getLogger("transformers.utils.generic").addFilter(_DropMessage("`past_key_values`/`cache_params`"))
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*past_key_values.*")
+    # transformers: sampling-only fields of the model's generation config unused by greedy decoding.
+    warnings.filterwarnings("ignore", category=UserWarning, message=r".*generation flags are not valid.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights": the model loads from the local cache in a second
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .config import NestConfig
-    from .corpus import DEFAULT_CORPUS_NOTICE
-    from .engine import NestEngine
-    from .index import default_retriever, load_index
-    from .lm import load_lm
+    from .builder import build_engine, check_options
+    from .errors import InvalidPromptError
 
-    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
-    base = _config(args, lm.name)
-    config = NestConfig.model_validate(
-        {**base.model_dump(), "max_new_tokens": args.max_new_tokens, "num_passages": args.passages}
+    if not args.question.strip():
+        raise InvalidPromptError("The question is empty; give a non-empty question.")
+    options = _options(
+        args,
+        retrieval=not args.no_retrieval,
+        overrides={
+            "max_new_tokens": args.max_new_tokens,
+            "num_passages": args.passages,
+            **({"grounded_only": True} if args.grounded_only else {}),
+        },
+        key_store=not args.no_key_store,
+        progress=not args.quiet,
     )
-    if args.no_retrieval:
-        retriever = None
-    elif args.index:
-        retriever = load_index(args.index)
-    else:
-        retriever = default_retriever(tokenizer=lm.tokenizer)
-        if not args.json:
-            print(DEFAULT_CORPUS_NOTICE, file=sys.stderr)
-    engine = NestEngine(lm, retriever=retriever, config=config)
+    check_options(options)  # everything a user can get wrong, before the model is loaded
+    if options.retrieval and options.index is None and not args.json:
+        from .corpus import DEFAULT_CORPUS_NOTICE
+
+        print(DEFAULT_CORPUS_NOTICE, file=sys.stderr)
+    _quiet_library_warnings()
+    engine = build_engine(options)
     result = engine.generate(args.question)
     if args.json:
         print(result.model_dump_json(indent=2, exclude={"passages"}))
     else:
-        print(format_answer(result))
+        print(format_answer(result, max_new_tokens=args.max_new_tokens))
     return 0
 
 
-def _config(args: argparse.Namespace, model_name: str) -> NestConfig:
-    """``--config FILE`` if given, else the model's default (calibrated for the embedded model)."""
-    from .config import NestConfig, default_config
+def format_answer(result: NestResult, max_new_tokens: int | None = None) -> str:
+    """What `nest ask` prints (see :func:`nest_integrations.formatting.format_answer`), with a
+    ``[cut at max_new_tokens=N]`` line under the answer when the token limit ended it."""
+    from .formatting import format_answer as format_result
 
-    return NestConfig.from_file(args.config) if args.config else default_config(model_name)
-
-
-def format_answer(result: NestResult) -> str:
-    """The answer with [n] after each cited span, then the numbered sources with their quotes."""
-    marks = [mark_citations(result.text, [c.output_end for c in result.citations]).strip()]
-    if result.citations:
-        marks.append("\nSources:")
-        for n, c in enumerate(result.citations, 1):
-            where = (
-                f"{c.document_id or c.passage_id} chars {c.document_start}-{c.document_end}"
-                if c.document_start is not None
-                else c.passage_id
-            )
-            marks.append(f'[{n}] {c.title or c.passage_id} ({where}): "{c.quote}"')
-    s = result.stats
-    if s.passages and not s.passages_searched:
-        marks.append("\n(No retrieved passage is about the query: answered by the model alone, nothing cited.)")
-    marks.append(
-        f"\n{s.tokens_generated} tokens, {s.tokens_copied} copied ({s.attribution_ratio:.0%}), "
-        f"{s.spans_accepted}/{s.spans_proposed} spans accepted, {s.tokens_per_second:.1f} tokens/s"
-    )
-    return "\n".join(marks)
+    text = format_result(result)
+    if result.finish_reason == "length":
+        limit = max_new_tokens if max_new_tokens is not None else result.stats.tokens_generated
+        reached = "max_new_tokens" if result.stats.tokens_generated >= limit else "the model's context length"
+        note = f"[cut at {reached}={limit}]" if reached == "max_new_tokens" else f"[cut at {reached}]"
+        answer, sep, rest = text.partition("\n\n")
+        text = f"{answer}\n{note}{sep}{rest}"
+    return text
 
 
 def _index(args: argparse.Namespace) -> int:
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"No such file or directory: {', '.join(missing)}")
     from .corpus import read_documents
     from .index import build_index
-    from .lm import load_tokenizer
+    from .lm import check_device, check_model
 
+    check_device(args.device)
+    if args.model != "none":
+        check_model(args.model)
+    keys = args.keys if args.keys is not None else args.model != "none"
+    if keys and args.model == "none":
+        raise ValueError("--keys needs a model to encode passages with; drop --model none.")
+    lm = tokenizer = None
+    if keys:
+        from .lm import load_lm
+
+        lm = load_lm(args.model, device=args.device, dtype=args.dtype)
+        tokenizer = lm.tokenizer
+    elif args.model != "none":
+        from .lm import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
     docs = list(read_documents(args.paths))
     if not docs:
         print("nest index: no .txt, .md or .jsonl documents found in the given paths", file=sys.stderr)
         return 2
-    tokenizer = load_tokenizer(args.model) if args.model != "none" else None
     retriever = build_index(docs, args.out, tokenizer=tokenizer, max_tokens=args.max_tokens, progress=True)
     print(f"Indexed {len(docs)} documents into {len(retriever)} passages in {args.out}")
+    if lm is not None:
+        from .builder import key_store_dir
+        from .token_index import KeyStore, PassageEncoder
+
+        where = key_store_dir(args.out, lm.name, str(lm.dtype).removeprefix("torch."))
+        store = KeyStore.build(PassageEncoder(lm), retriever.passages, where, progress=True)
+        print(f"Stored the token keys of {len(store)} passages in {where}")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     import os
 
-    from .engine import NestEngine
-    from .index import default_retriever, load_index
-    from .lm import load_lm
+    from .builder import build_engine, check_options
     from .server.openai_api import ServerLimits, create_app
 
     try:
         import uvicorn
     except ImportError as e:
         raise RuntimeError('`nest serve` needs the "serve" extra: pip install "nest-integrations[serve]"') from e
-    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
-    retriever = load_index(args.index) if args.index else default_retriever(tokenizer=lm.tokenizer)
-    engine = NestEngine(lm, retriever=retriever, config=_config(args, lm.name))
+    options = _options(args, key_store=False)
+    check_options(options)
+    engine = build_engine(options)
     limits = ServerLimits(max_tokens=args.max_tokens_limit, max_waiting=args.max_queue)
     app = create_app(engine, api_key=args.api_key or os.environ.get("NEST_API_KEY"), limits=limits)
     # uvicorn finishes in-flight requests on SIGTERM/SIGINT, up to the graceful timeout.
@@ -110,21 +159,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _mcp(args: argparse.Namespace) -> int:
-    from .engine import NestEngine
-    from .index import default_retriever, load_index
-    from .lm import load_lm
+    from .builder import build_engine, check_options
     from .server.mcp_server import create_mcp_server
 
-    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
-    retriever = load_index(args.index) if args.index else default_retriever(tokenizer=lm.tokenizer, progress=False)
-    create_mcp_server(NestEngine(lm, retriever=retriever, config=_config(args, lm.name))).run("stdio")
+    options = _options(args, key_store=False)
+    check_options(options)
+    create_mcp_server(build_engine(options)).run("stdio")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench.run import run_benchmark
-    from .config import NestConfig
+    from .builder import check_options
 
+    if args.squad:
+        return _bench_squad(args)
+    config = check_options(_options(args, key_store=False))
     rows = run_benchmark(
         args.out,
         completion=None if args.full else args.completion,
@@ -134,7 +184,7 @@ def _bench(args: argparse.Namespace) -> int:
         model=args.model,
         sweep=args.sweep,
         first_stage=args.first_stage,
-        config=NestConfig.from_file(args.config) if args.config else None,
+        config=config,
         isolate=args.isolate,
     )
     print((args.out / "results.md").read_text(encoding="utf-8"))
@@ -142,16 +192,33 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_squad(args: argparse.Namespace) -> int:
+    from .bench.squad import run_squad
+    from .config import NestConfig
+
+    rows = run_squad(
+        args.out,
+        questions=args.squad,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        model=args.model,
+        config=NestConfig.from_file(args.config) if args.config else None,
+        squad_dir=args.squad_dir,
+    )
+    print((args.out / "squad.md").read_text(encoding="utf-8"))
+    print(f"Wrote {args.out}/squad.md and squad.json ({len(rows)} rows)")
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from .bench.calibrate import calibrate, held_in_prompts, write_calibration
+    from .builder import build_engine, check_options
     from .config import NestConfig
-    from .engine import NestEngine
-    from .index import default_retriever
-    from .lm import load_lm
 
-    lm = load_lm(args.model, device=args.device, dtype=args.dtype)
-    start = NestConfig.from_file(args.config) if args.config else NestConfig()
-    engine = NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer), config=start)
+    options = _options(args, key_store=False, progress=True)
+    start = check_options(options) or NestConfig()  # calibration starts from the paper's defaults
+    engine = build_engine(options, config=start)
+    lm = engine.lm
     prompts = held_in_prompts(args.entity, args.completion, args.seed)
 
     def show(t: Any) -> None:
@@ -185,6 +252,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nest", description="Grounded, cited generation with NEST.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question with citations")
@@ -194,10 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=128)
     ask.add_argument("--passages", type=int, default=20, help="passages from the first stage (b)")
     ask.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
-    ask.add_argument("--device")
-    ask.add_argument("--dtype")
+    _device_args(ask)
     ask.add_argument("--no-retrieval", action="store_true", help="plain LM decoding, no citations")
+    ask.add_argument(
+        "--grounded-only",
+        action="store_true",
+        help="when no source covers the question, say so instead of answering from the plain LM",
+    )
     ask.add_argument("--json", action="store_true", help="print the NestResult as JSON")
+    ask.add_argument(
+        "--no-key-store",
+        action="store_true",
+        help="keep passage keys in memory only (default: on disk next to the index, reused by later runs)",
+    )
+    ask.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     ask.set_defaults(func=_ask)
 
     index = sub.add_parser("index", help="build a passage index from .txt/.md/.jsonl files")
@@ -205,8 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--out", type=Path, required=True, help="directory to write the index to")
     index.add_argument("--max-tokens", type=int, default=100, help="passage length in LM tokens")
     index.add_argument(
-        "--model", default="default", help="count passage tokens with this model's tokenizer ('none': an estimate)"
+        "--model",
+        default="default",
+        help="count passage tokens with this model's tokenizer and encode their keys ('none': an estimate, no keys)",
     )
+    index.add_argument(
+        "--keys",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="store the passages' token keys for `nest ask` (default: yes unless --model none)",
+    )
+    _device_args(index)
     index.set_defaults(func=_index)
     serve = sub.add_parser("serve", help="serve an OpenAI-compatible API (needs the 'serve' extra)")
     serve.add_argument("--index", type=Path, help="index directory from `nest index` (default: the built-in corpus)")
@@ -218,8 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=8, help="requests that may wait; more get 429")
     serve.add_argument("--graceful-timeout", type=int, default=30, help="seconds to finish in-flight requests")
     serve.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
-    serve.add_argument("--device")
-    serve.add_argument("--dtype")
+    _device_args(serve)
     serve.set_defaults(func=_serve)
 
     bench = sub.add_parser("bench", help="compare NEST with plain and in-context RAG decoding (speed, quality)")
@@ -242,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
     bench.add_argument("--isolate", action="store_true", help="one process per system: per-system peak RSS")
+    bench.add_argument(
+        "--squad",
+        type=int,
+        metavar="N",
+        help="instead: the SQuAD QA task on N seeded questions (plain, in-context RAG, NEST; writes squad.md)",
+    )
+    bench.add_argument(
+        "--squad-dir", type=Path, help="SQuAD data (default: $NEST_SQUAD_DIR, else ../shared/data/squad)"
+    )
     bench.set_defaults(func=_bench)
 
     cal = sub.add_parser("calibrate", help="fit alpha, tau, beta, gamma, ... for a model on held-in prompts")
@@ -256,27 +351,46 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--speed-floor", type=float, default=0.8, help="lowest tokens/s relative to the start config")
     cal.add_argument("--margin", type=float, default=0.01, help="objective gain needed to change a parameter")
     cal.add_argument("--seed", type=int, default=0)
-    cal.add_argument("--device")
-    cal.add_argument("--dtype")
+    _device_args(cal)
     cal.set_defaults(func=_calibrate)
 
     mcp = sub.add_parser("mcp", help="run an MCP server on stdio (needs the 'serve' extra)")
     mcp.add_argument("--index", type=Path, help="index directory from `nest index` (default: the built-in corpus)")
     mcp.add_argument("--model", default="default")
     mcp.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
-    mcp.add_argument("--device")
-    mcp.add_argument("--dtype")
+    _device_args(mcp)
     mcp.set_defaults(func=_mcp)
     return parser
 
 
+def _device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", help="auto, float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nest-integrations")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nest`` command; returns the exit code (2: a usage or input error, one line on stderr)."""
     args = build_parser().parse_args(argv)
+    from .builder import one_line
+    from .errors import NestError
+
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"nest {args.command}: error: {e}", file=sys.stderr)
+    except (NestError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"nest {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nest {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -28,6 +28,9 @@ from .passages.types import Passage, ScoredPassage
 from .sources import SourceSelection, select_sources
 from .streaming import AnswerAssembler, NestChunk
 from .token_index import KeyStore, PassageEncoder, TokenIndex
+
+if TYPE_CHECKING:
+    from .plain import PlainOutput
 
 __all__ = ["NestChunk", "NestEngine", "PromptTooLongError", "ashared_engine", "shared_engine"]
 
@@ -184,6 +187,19 @@ class NestEngine:
     def clear_passage_cache(self) -> None:
         """Forget the in-process passage keys (an on-disk key store stays); for cold-cache measurements."""
         self.encoder.clear()
+
+    def plain_generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **options: Any) -> PlainOutput:
+        """Plain greedy decoding with the same loaded model (a baseline); see :func:`plain.plain_generate`."""
+        from .plain import plain_generate
+
+        with self._lock:
+            return plain_generate(self.lm, list(prompt_ids), max_new_tokens, **options)
+
+    def dense_retriever(self) -> PassageRetriever:
+        """The first stage's dense-only view (see :func:`hooks.dense_retriever`)."""
+        from .hooks import dense_retriever
+
+        return dense_retriever(self.retriever)
 
     # Internals ---------------------------------------------------------------------------------
 

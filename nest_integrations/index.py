@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .cache import cache_dir
 from .corpus import DEFAULT_CORPUS_FILE, default_corpus
 from .lm import load_tokenizer
 from .passages.chunking import TokenCounter, approximate_token_count, chunk_document
@@ -56,14 +56,8 @@ def build_index(
     return retriever
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("NEST_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nest-integrations"
-    )
-    return Path(root)
-
-
-def _default_index_dir() -> Path:
+def default_index_dir() -> Path:
+    """Where the built-in corpus's index is cached (built by :func:`default_retriever`)."""
     corpus = resources.files("nest_integrations.data").joinpath(DEFAULT_CORPUS_FILE).read_bytes()
     digest = hashlib.sha1(corpus + f"|{DEFAULT_MAX_PASSAGE_TOKENS}|v2".encode()).hexdigest()[:12]
     return cache_dir() / f"default-index-{digest}"
@@ -74,7 +68,22 @@ def default_retriever(*, tokenizer: Any | None = None, progress: bool = True) ->
 
     ``tokenizer`` counts passage tokens; it should be the default model's (loaded if not given).
     """
-    target = _default_index_dir()
+    return cached_index(default_index_dir(), default_corpus, tokenizer=tokenizer, progress=progress)
+
+
+def cached_index(
+    target: Path,
+    docs: Callable[[], Iterable[Document]],
+    *,
+    tokenizer: Any | None = None,
+    progress: bool = True,
+) -> HybridRetriever:
+    """The index saved in ``target``, or ``build_index(docs(), target, ...)`` when there is none yet.
+
+    ``target`` should name what the index holds (e.g. a digest of the corpus file and the
+    passage length), so a changed corpus gets a new index. ``tokenizer``: the default model's
+    when not given.
+    """
     if (target / "meta.json").is_file():
         return HybridRetriever.load(target)
     if tokenizer is None:
@@ -83,7 +92,7 @@ def default_retriever(*, tokenizer: Any | None = None, progress: bool = True) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        retriever = build_index(default_corpus(), tmp, tokenizer=tokenizer, progress=progress)
+        retriever = build_index(docs(), tmp, tokenizer=tokenizer, progress=progress)
         with contextlib.suppress(OSError):  # another process finished first
             tmp.rename(target)
     finally:

@@ -6,18 +6,22 @@ anything else is a Hugging Face model id or a local path. Decoding is not done h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
+import re
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from .errors import ConfigError, InvalidPromptError, ModelNotFoundError
 
-from .errors import InvalidPromptError, ModelNotFoundError
+if TYPE_CHECKING:  # torch loads on first use, so that the CLI starts fast
+    import torch
 
 DEFAULT_MODEL = "default"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -55,6 +59,8 @@ class LoadedLM:
         return list(tok.batch_decode([[i] for i in range(len(tok))]))
 
     def _token_flags(self, test: Any) -> torch.Tensor:
+        import torch
+
         flags = torch.zeros(max(len(self.tokenizer), self.vocab_size), dtype=torch.bool)
         for i, t in enumerate(self._token_texts):
             flags[i] = test(t)
@@ -110,26 +116,179 @@ def find_embedded_gguf() -> Path:
     return sorted(candidates)[0]
 
 
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_device(device: str | None) -> None:
+    """Raise :class:`ConfigError` unless ``device`` ("cpu", "cuda", "cuda:N", "mps", None) can be used.
+
+    Imports torch only for an accelerator, to ask whether this build and machine have it.
+    """
+    if device is None or device == "auto":
+        return
+    m = _DEVICE.fullmatch(device)
+    if m is None:
+        raise ConfigError(f"Unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    kind, index = m.group(1), int(m.group(2)[1:]) if m.group(2) else 0
+    if kind == "cpu":
+        return
+    if kind == "cuda" and _torch_cuda_version() is None:
+        raise ConfigError(
+            f"Device {device!r}: this torch build has no CUDA support; "
+            "use --device cpu or install a CUDA build of torch."
+        )
+    if kind == "mps" and sys.platform != "darwin":
+        raise ConfigError(f"Device {device!r}: MPS exists only on macOS; use --device cpu.")
+    import torch
+
+    if kind == "cuda":
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"Device {device!r}: {torch.cuda.device_count()} CUDA device(s) visible here.")
+    elif not torch.backends.mps.is_available():
+        raise ConfigError(f"Device {device!r}: MPS is not available on this machine; use --device cpu.")
+
+
+def _torch_cuda_version() -> str | None:
+    """The CUDA version torch was built with, read from ``torch/version.py`` without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        version_file = Path(location) / "version.py"
+        if version_file.is_file():
+            m = re.search(r"^cuda\b[^=\n]*=\s*(.+)$", version_file.read_text(encoding="utf-8"), re.MULTILINE)
+            if m:
+                value = m.group(1).strip().strip("'\"")
+                return None if value == "None" else value
+    import torch  # an unusual layout: ask torch itself
+
+    return torch.version.cuda
+
+
 def choose_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
+    """``device``, validated (see :func:`check_device`); None: CUDA when available, else CPU."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if device is not None and device != "auto":
+        check_device(device)
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def choose_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torch.dtype:
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, str) and dtype != "auto":
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"Unknown dtype {dtype!r}; expected e.g. 'float32', 'bfloat16', 'float16' or 'auto'.")
+            raise ConfigError(f"Unknown dtype {dtype!r}; expected e.g. 'float32', 'bfloat16', 'float16' or 'auto'.")
         return resolved
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
 
+def check_model(model: str) -> None:
+    """Raise :class:`ModelNotFoundError` unless ``model`` can be loaded without a download.
+
+    ``"default"``: the embedded GGUF is installed; a path: a model directory (``config.json``);
+    else an HF id present in the local Hugging Face cache. Cheap: no torch, no weights read.
+    """
+    if model == DEFAULT_MODEL:
+        find_embedded_gguf()
+        return
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path.is_dir() and (path / "config.json").is_file()):
+            raise ModelNotFoundError(f"{path} is not a model directory (no config.json in it).")
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model, "config.json")
+    except ValueError:  # not a valid repo id either
+        found = None
+    if not isinstance(found, str):
+        raise ModelNotFoundError(
+            f"Model {model!r} is neither a local directory nor in the Hugging Face cache; models are never "
+            f"downloaded at run time: fetch it first (huggingface-cli download {model}) or pass a local path."
+        )
+
+
 _LOAD_LOCK = threading.Lock()
+_CACHE_FORMAT = "v1"
+
+
+def embedded_cache_dir(gguf: Path) -> Path:
+    """Where the de-quantised embedded model is cached, keyed by the GGUF file's identity.
+
+    The key covers the file's resolved path, size and modification time, and the transformers
+    version that de-quantised it; a changed file or library gets a fresh entry.
+    """
+    import hashlib
+
+    from .cache import cache_dir
+
+    st = gguf.stat()
+    ident = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{importlib.metadata.version('transformers')}"
+    digest = hashlib.sha1(f"{ident}|{_CACHE_FORMAT}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{EMBEDDED_MODEL_NAME}-{digest}"
+
+
+def _cache_embedded(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save the de-quantised model (safetensors) and tokenizer to ``target`` atomically; best effort."""
+    import shutil
+    import tempfile
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=target.parent))
+    except OSError:
+        return  # a read-only cache: every load de-quantises again
+    # transformers keeps the GGUF quantizer on the de-quantised model and refuses to save it; the
+    # weights are plain tensors by now, so save them as an ordinary (unquantised) checkpoint.
+    quantizer = getattr(model, "hf_quantizer", None)
+    quantization = model.config.__dict__.pop("quantization_config", None)
+    try:
+        model.hf_quantizer = None
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with contextlib.suppress(OSError):  # another process finished first
+            tmp.rename(target)
+    except OSError:
+        pass
+    finally:
+        model.hf_quantizer = quantizer
+        if quantization is not None:
+            model.config.quantization_config = quantization
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_embedded(dt: torch.dtype, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The embedded model and tokenizer: from the safetensors cache, else from the GGUF (then cached)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_embedded_gguf()
+    cached = embedded_cache_dir(gguf)
+    if (cached / "config.json").is_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+            return AutoModelForCausalLM.from_pretrained(cached, dtype=dt, **kwargs), tokenizer
+        except (OSError, ValueError):  # damaged by hand: rebuild it
+            shutil.rmtree(cached, ignore_errors=True)
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **kwargs
+    )
+    _cache_embedded(model, tokenizer, cached)
+    return model.to(dtype=dt), tokenizer
 
 
 def load_lm(
@@ -142,20 +301,31 @@ def load_lm(
     """Load ``model`` ("default", an HF model id or a local path) for inference.
 
     Device defaults to CUDA when available, else CPU; dtype to bf16 on GPU, fp32 on CPU.
+    The embedded model is de-quantised from its GGUF once and then loaded from a safetensors
+    copy in the cache directory (see :func:`embedded_cache_dir`). Nothing is downloaded.
+
+    Raises:
+        ModelNotFoundError: the model is not installed / not a local path / not in the HF cache.
+        ConfigError: an unknown or unavailable device or dtype.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = choose_device(device)
     dt = choose_dtype(dev, dtype)
+    check_model(model)
     kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
-    if model == DEFAULT_MODEL:
-        gguf = find_embedded_gguf()
-        source, kwargs["gguf_file"], name = str(gguf.parent), gguf.name, EMBEDDED_MODEL_NAME
-    else:
-        source, name = model, model
-    with _LOAD_LOCK:
-        tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
-        lm: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
+    try:
+        with _LOAD_LOCK:
+            if model == DEFAULT_MODEL:
+                name = EMBEDDED_MODEL_NAME
+                lm, tokenizer = _load_embedded(dt, kwargs)
+            else:
+                name = model
+                kwargs.setdefault("local_files_only", True)
+                tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=kwargs["local_files_only"])
+                lm = AutoModelForCausalLM.from_pretrained(model, dtype=dt, **kwargs)
+    except OSError as e:  # transformers' "not found / no weights / can't reach the hub" errors
+        raise ModelNotFoundError(f"Cannot load model {model!r}: {str(e).splitlines()[0]}") from e
     lm = lm.to(dev).eval()
     return LoadedLM(model=lm, tokenizer=tokenizer, name=name, device=dev, dtype=dt)
 
@@ -178,10 +348,17 @@ def load_tokenizer(model: str = DEFAULT_MODEL) -> Any:
     """The tokenizer alone (a few seconds), e.g. to count passage tokens while indexing."""
     from transformers import AutoTokenizer
 
+    check_model(model)
     if model == DEFAULT_MODEL:
         gguf = find_embedded_gguf()
+        cached = embedded_cache_dir(gguf)
+        if (cached / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(cached)
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return AutoTokenizer.from_pretrained(model)
+    try:
+        return AutoTokenizer.from_pretrained(model, local_files_only=True)
+    except OSError as e:
+        raise ModelNotFoundError(f"Cannot load the tokenizer of {model!r}: {str(e).splitlines()[0]}") from e
 
 
 def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:

@@ -2,15 +2,19 @@
 
 The key of position t is ``hidden_states[-2]`` at t, its value the token at t+1 (DESIGN.md,
 step 2). ``PassageEncoder`` encodes each passage once per process (LRU cache bounded in bytes,
-optionally backed by precomputed keys on disk); ``TokenIndex`` holds one query's keys and
+optionally backed by keys on disk: ``KeyStore``); ``TokenIndex`` holds one query's keys and
 answers squared-L2 k-NN searches with copied positions masked out. No decoding here.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
+import shutil
 import threading
+import time
+import uuid
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,8 +58,12 @@ class PassageEncoder:
         batch_size: int = 16,
         max_passage_tokens: int = 512,
         key_store: KeyStore | None = None,
+        progress: bool = False,
     ) -> None:
+        """``key_store``: read keys from it first; a writable one also keeps every new encoding.
+        ``progress``: show a progress bar (stderr) while passages are encoded, unless a call says otherwise."""
         self.lm = lm
+        self.progress = progress
         self.max_cache_bytes = max_cache_bytes
         self.batch_size = batch_size
         self.max_passage_tokens = max_passage_tokens
@@ -75,8 +83,11 @@ class PassageEncoder:
     def _cache_key(self, p: Passage) -> str:
         return f"{self.lm.name}\x00{p.content_key}"
 
-    def encode(self, passages: Sequence[Passage], *, progress: bool = False) -> list[EncodedPassage]:
-        """Encoded passages in the given order; only passages not cached are run through the LM."""
+    def encode(self, passages: Sequence[Passage], *, progress: bool | None = None) -> list[EncodedPassage]:
+        """Encoded passages in the given order; only passages not cached are run through the LM.
+
+        ``progress``: None uses the encoder's own setting.
+        """
         found: dict[int, EncodedPassage] = {}
         todo: list[int] = []
         with self._lock:
@@ -93,10 +104,14 @@ class PassageEncoder:
                 else:
                     todo.append(i)
             self.misses += len(todo)
-        for i, enc in zip(todo, self._encode_uncached([passages[i] for i in todo], progress), strict=True):
+        show = self.progress if progress is None else progress
+        fresh = self._encode_uncached([passages[i] for i in todo], show) if todo else []
+        for i, enc in zip(todo, fresh, strict=True):
             found[i] = enc
             with self._lock:
                 self._put(self._cache_key(passages[i]), enc)
+        if fresh and self.key_store is not None and self.key_store.writable:
+            self.key_store.add([passages[i] for i in todo], fresh)
         return [found[i] for i in range(len(passages))]
 
     def _put(self, key: str, enc: EncodedPassage) -> None:
@@ -294,77 +309,209 @@ def _canonical_keys(
     return canonical
 
 
-class KeyStore:
-    """Precomputed passage keys on disk (numpy + JSON, no pickle), for a whole corpus.
+KEY_STORE_FORMAT_VERSION = 2
+_STORE_FILE = "keystore.json"
+_ARRAYS = ("keys", "tokens", "spans")
 
-    Layout: ``manifest.json`` (model, dim, per-passage rows), ``keys.npy`` (float16, memory-mapped),
-    ``tokens.npy`` and ``spans.npy``. Build it once with :meth:`build`; load with :meth:`open`.
+
+class KeyStore:
+    """Passage keys on disk (numpy + JSON, no pickle), reused across processes and runs.
+
+    Layout: ``keystore.json`` (format version, model, dim) and parts ``part-*/``, each written
+    once and atomically: ``manifest.json`` (per-passage rows and a CRC-32 of every array file
+    and of the rows), ``keys.npy`` (float32, as fresh keys: a stored passage gives bit-identical
+    distances), ``tokens.npy`` (int64), ``spans.npy`` (int64 (L, 2)); arrays are memory-mapped.
+    Every part is verified on open. Build one for a corpus with :meth:`build`; a store opened
+    with ``writable=True`` also gains a part whenever its encoder encodes passages it lacks.
+
+    Raises (on open): IndexNotFoundError (no store there), CorruptStoreError (a truncated or
+    altered part, another format version, or keys of another model).
     """
 
-    def __init__(self, directory: Path, manifest: dict[str, object]) -> None:
+    def __init__(self, directory: Path, model: str, dim: int, *, writable: bool = False) -> None:
         self.directory = directory
-        self.model = str(manifest["model"])
-        self._entries: dict[str, list[int]] = manifest["entries"]  # type: ignore[assignment]
-        self._keys = np.load(directory / "keys.npy", mmap_mode="r")
-        self._tokens = np.load(directory / "tokens.npy", mmap_mode="r")
-        self._spans = np.load(directory / "spans.npy", mmap_mode="r")
+        self.model = model
+        self.dim = dim
+        self.writable = writable
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._entries: dict[str, tuple[int, list[int]]] = {}  # content key -> (part, row)
+        self._lock = threading.Lock()
+        for part in sorted(directory.glob("part-*")):
+            self._load_part(part)
 
     @classmethod
-    def open(cls, directory: str | Path, *, model: str | None = None) -> KeyStore:
+    def open(
+        cls, directory: str | Path, *, model: str | None = None, dim: int | None = None, writable: bool = False
+    ) -> KeyStore:
+        """Open the store in ``directory``; ``writable`` creates it (with ``model`` and ``dim``) if absent."""
+        from .errors import CorruptStoreError, IndexNotFoundError
+
         d = Path(directory)
-        manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
-        if model is not None and manifest["model"] != model:
-            raise ValueError(
-                f"{d} holds keys of model {manifest['model']!r}, not {model!r}; rebuild it for this model."
+        head = d / _STORE_FILE
+        if not head.is_file():
+            if not writable:
+                raise IndexNotFoundError(
+                    f"{d} is not a NEST key store (no {_STORE_FILE}); build one with `nest index`."
+                )
+            if model is None or dim is None:
+                raise ValueError("Creating a key store needs the model name and the key dimension.")
+            d.mkdir(parents=True, exist_ok=True)
+            _write_atomically(
+                head, json.dumps({"format_version": KEY_STORE_FORMAT_VERSION, "model": model, "dim": dim})
             )
-        return cls(d, manifest)
+        try:
+            meta = json.loads(head.read_text(encoding="utf-8"))
+            version, stored_model, stored_dim = meta.get("format_version"), str(meta["model"]), int(meta["dim"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptStoreError(f"{head} is unreadable ({e}); delete {d} and rebuild it.") from e
+        if version != KEY_STORE_FORMAT_VERSION:
+            raise CorruptStoreError(
+                f"{d} is a key store of format {version}, this version reads {KEY_STORE_FORMAT_VERSION}; "
+                "delete it and rebuild it."
+            )
+        if model is not None and stored_model != model:
+            raise CorruptStoreError(
+                f"{d} holds keys of model {stored_model!r}, not {model!r}; rebuild it for this model."
+            )
+        return cls(d, stored_model, stored_dim, writable=writable)
 
     @classmethod
     def build(
         cls, encoder: PassageEncoder, passages: Sequence[Passage], directory: str | Path, *, progress: bool = True
     ) -> KeyStore:
-        """Encode ``passages`` with ``encoder`` and write the store."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        unique = list({p.content_key: p for p in passages}.values())
-        entries: dict[str, list[int]] = {}
-        keys, tokens, spans = [], [], []
-        key_row = tok_row = 0
+        """Encode those of ``passages`` the store in ``directory`` lacks with ``encoder``, and write them."""
+        store = cls.open(directory, model=encoder.lm.name, dim=encoder.lm.hidden_size, writable=True)
+        unique = [p for p in {p.content_key: p for p in passages}.values() if p.content_key not in store._entries]
         chunk = 256
         for start in range(0, len(unique), chunk):
             part = unique[start : start + chunk]
-            for p, e in zip(part, encoder.encode(part, progress=progress), strict=True):
-                n_keys, n_tok = e.keys.shape[0], e.token_ids.shape[0]
-                entries[p.content_key] = [key_row, n_keys, tok_row, n_tok, e.text_offset, e.first_key]
-                keys.append(e.keys.numpy().astype(np.float16))
-                tokens.append(e.token_ids.numpy())
-                spans.append(e.char_spans)
-                key_row, tok_row = key_row + n_keys, tok_row + n_tok
-        dim = encoder.lm.hidden_size
-        np.save(d / "keys.npy", np.concatenate(keys) if keys else np.zeros((0, dim), np.float16))
-        np.save(d / "tokens.npy", np.concatenate(tokens) if tokens else np.zeros(0, np.int64))
-        np.save(d / "spans.npy", np.concatenate(spans) if spans else np.zeros((0, 2), np.int64))
-        manifest = {
-            "model": encoder.lm.name,
-            "dim": dim,
-            "entries": entries,
-            "checksum": hashlib.sha1("".join(sorted(entries)).encode()).hexdigest(),
-        }
-        (d / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-        return cls(d, manifest)
+            store.add(part, encoder.encode(part, progress=progress))
+        return store
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, content_key: object) -> bool:
+        return content_key in self._entries
+
     def get(self, content_key: str) -> EncodedPassage | None:
-        row = self._entries.get(content_key)
-        if row is None:
+        """The stored encoding of the passage with this ``content_key``, or None."""
+        found = self._entries.get(content_key)
+        if found is None:
             return None
-        k0, nk, t0, nt, text_offset, first_key = row
+        part, (k0, nk, t0, nt, text_offset, first_key) = found
+        keys, tokens, spans = self._parts[part]
         return EncodedPassage(
-            token_ids=torch.from_numpy(np.array(self._tokens[t0 : t0 + nt], dtype=np.int64)),
-            char_spans=np.array(self._spans[t0 : t0 + nt], dtype=np.int64),
+            token_ids=torch.from_numpy(np.array(tokens[t0 : t0 + nt], dtype=np.int64)),
+            char_spans=np.array(spans[t0 : t0 + nt], dtype=np.int64),
             text_offset=int(text_offset),
             first_key=int(first_key),
-            keys=torch.from_numpy(np.array(self._keys[k0 : k0 + nk], dtype=np.float32)),
+            keys=torch.from_numpy(np.array(keys[k0 : k0 + nk], dtype=np.float32)),
         )
+
+    def add(self, passages: Sequence[Passage], encoded: Sequence[EncodedPassage]) -> int:
+        """Write the passages the store lacks as one new part; returns how many were added.
+
+        A read-only store, or a directory that cannot be written (the error is swallowed: the
+        keys stay in memory only), adds nothing.
+        """
+        if not self.writable:
+            return 0
+        with self._lock:
+            todo: dict[str, EncodedPassage] = {}
+            for p, e in zip(passages, encoded, strict=True):
+                if p.content_key not in self._entries:
+                    todo[p.content_key] = e
+            if not todo:
+                return 0
+            try:
+                part = _write_part(self.directory, self.dim, todo)
+            except OSError:
+                self.writable = False
+                return 0
+            self._load_part(part)
+            return len(todo)
+
+    def _load_part(self, part: Path) -> None:
+        from .errors import CorruptStoreError
+
+        try:
+            manifest = json.loads((part / "manifest.json").read_text(encoding="utf-8"))
+            entries: dict[str, list[int]] = manifest["entries"]
+            sums: dict[str, int] = manifest["checksums"]
+            for name in _ARRAYS:
+                if _crc_file(part / f"{name}.npy") != sums[name]:
+                    raise CorruptStoreError(f"{part / name}.npy does not match its checksum")
+            if _crc_bytes(json.dumps(entries, sort_keys=True).encode()) != sums["entries"]:
+                raise CorruptStoreError(f"{part}/manifest.json's entries do not match their checksum")
+            arrays = tuple(np.load(part / f"{name}.npy", mmap_mode="r") for name in _ARRAYS)
+        except CorruptStoreError as e:
+            raise CorruptStoreError(f"Key store {self.directory} is corrupt: {e}; delete it and rebuild it.") from e
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptStoreError(
+                f"Key store {self.directory} is corrupt or truncated ({part.name}: {e}); delete it and rebuild it."
+            ) from e
+        keys = arrays[0]
+        if keys.dtype != np.float32 or keys.ndim != 2 or keys.shape[1] != self.dim:
+            raise CorruptStoreError(f"Key store {self.directory}: {part.name} has keys {keys.dtype} {keys.shape}.")
+        index = len(self._parts)
+        self._parts.append(arrays)
+        for content_key, row in entries.items():
+            self._entries.setdefault(content_key, (index, row))
+
+
+def _crc_bytes(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _crc_file(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            crc = zlib.crc32(block, crc)
+    return crc & 0xFFFFFFFF
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _write_part(directory: Path, dim: int, encoded: dict[str, EncodedPassage]) -> Path:
+    """Write one part in a temporary directory and rename it into place (readers never see half a part)."""
+    entries: dict[str, list[int]] = {}
+    key_row = tok_row = 0
+    for content_key, e in encoded.items():
+        n_keys, n_tok = e.keys.shape[0], e.token_ids.shape[0]
+        entries[content_key] = [key_row, n_keys, tok_row, n_tok, e.text_offset, e.first_key]
+        key_row, tok_row = key_row + n_keys, tok_row + n_tok
+    values = list(encoded.values())
+    arrays = {
+        "keys": np.concatenate([e.keys.float().numpy() for e in values]) if key_row else np.zeros((0, dim), np.float32),
+        "tokens": np.concatenate([e.token_ids.numpy() for e in values]).astype(np.int64),
+        "spans": np.concatenate([e.char_spans for e in values]).astype(np.int64).reshape(-1, 2),
+    }
+    tmp = directory / f".part-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        sums = {}
+        for name, array in arrays.items():
+            data = _npy_bytes(np.ascontiguousarray(array))
+            (tmp / f"{name}.npy").write_bytes(data)
+            sums[name] = _crc_bytes(data)
+        sums["entries"] = _crc_bytes(json.dumps(entries, sort_keys=True).encode())
+        manifest = {"format_version": KEY_STORE_FORMAT_VERSION, "entries": entries, "checksums": sums}
+        (tmp / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        target = directory / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

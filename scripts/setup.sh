@@ -16,7 +16,8 @@ if [ "${NEST_SETUP:-full}" = "core" ]; then
   python -m pip install --quiet -e .
   exit 0
 fi
-python -m pip install --quiet -e ".[dev,serve]"
+# ray: Ray Serve + Chroma for the scale-out test (tests/test_ray_serve.py; ~0.5 GB, ~20 s).
+python -m pip install --quiet -e ".[dev,serve,ray]"
 # The LangChain adapter, with what its tests need (langchain-tests, a Chroma server, ...).
 python -m pip install --quiet -e "adapters/langchain-nest[test]"
 # The LlamaIndex adapter, with the HuggingFace embeddings its tests and examples use.

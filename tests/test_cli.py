@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -90,3 +92,126 @@ def test_citation_marks_follow_each_cited_span() -> None:
     # A span ending inside a word is marked after the word; marks at one place stay in order.
     assert mark_citations("Robert Boulter starred", [8, 14]) == "Robert Boulter [1] [2] starred"
     assert mark_citations("ab cd", [2, 2, 1]) == "ab [1] [2] [3] cd"
+
+
+def _run_cli(*args: str) -> tuple[int, str, list[str]]:
+    """Run `nest ARGS` in a fresh interpreter; exit code, stderr, and the heavy modules it imported."""
+    code = (
+        "import sys\nfrom nest_integrations import cli\n"
+        "try:\n    rc = cli.main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'faiss') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\nsys.exit(rc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    heavy = lines[-1].removeprefix("HEAVY=")
+    return done.returncode, "\n".join(lines[:-1]), [m for m in heavy.split(",") if m]
+
+
+def test_help_and_version_import_no_heavy_library() -> None:
+    for args in (["--help"], ["--version"], ["ask", "--help"]):
+        code, _, heavy = _run_cli(*args)
+        assert code == 0 and heavy == [], (args, heavy)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ask", ""], "The question is empty"),
+        (["ask", "   "], "The question is empty"),
+        (["ask", "hi", "--index", "/nonexistent/idx"], "Index directory /nonexistent/idx does not exist"),
+        (["ask", "hi", "--model", "no-such-org/no-such-model"], "neither a local directory nor in the Hugging Face"),
+        (["ask", "hi", "--device", "tpu"], "Unknown device 'tpu'"),
+        (["ask", "hi", "--dtype", "float8"], "Unknown dtype 'float8'"),
+        (["ask", "hi", "--passages", "0"], "num_passages: Input should be greater than or equal to 1"),
+        (["ask", "hi", "--max-new-tokens", "0"], "max_new_tokens: Input should be greater than or equal to 1"),
+        (["ask", "hi", "--config", "/nonexistent.json"], "Config file /nonexistent.json does not exist"),
+        (["index", "/nonexistent/docs", "--out", "/tmp/never"], "No such file or directory: /nonexistent/docs"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_before_loading_anything(args, message) -> None:
+    code, err, heavy = _run_cli(*args)
+    assert code == 2
+    assert err.count("\n") == 0 and err.startswith(f"nest {args[0]}: error: ") and message in err, err
+    assert heavy == []  # rejected before torch, transformers or the index libraries were imported
+
+
+def test_a_directory_that_is_not_an_index_or_a_model_is_rejected(tmp_path) -> None:
+    code, err, heavy = _run_cli("ask", "hi", "--index", str(tmp_path))
+    assert code == 2 and "is not a NEST passage index (no meta.json)" in err and heavy == []
+    code, err, _ = _run_cli("ask", "hi", "--model", str(tmp_path), "--no-retrieval")
+    assert code == 2 and "is not a model directory (no config.json in it)" in err
+
+
+def test_a_device_this_torch_build_lacks_is_rejected_with_exit_2() -> None:
+    import torch
+
+    device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    code, err, _ = _run_cli("ask", "hi", "--device", device)
+    assert code == 2 and err.count("\n") == 0
+    assert ("no CUDA support" in err) if device == "cuda" else ("CUDA device(s) visible" in err)
+
+
+def test_an_answer_cut_by_the_token_limit_says_so() -> None:
+    from nest_integrations.citations import NestResult, NestStats
+
+    cut = NestResult(text="An answer cut mid-wo", stats=NestStats(tokens_generated=8), finish_reason="length")
+    lines = cli.format_answer(cut, max_new_tokens=8).splitlines()
+    assert lines[:2] == ["An answer cut mid-wo", "[cut at max_new_tokens=8]"]
+    done = NestResult(text="A full answer.", stats=NestStats(tokens_generated=4), finish_reason="stop")
+    assert "[cut" not in cli.format_answer(done, max_new_tokens=8)
+    by_context = NestResult(text="Long", stats=NestStats(tokens_generated=3), finish_reason="length")
+    assert "[cut at the model's context length]" in cli.format_answer(by_context, max_new_tokens=8)
+
+
+def _index_docs(tmp_path, *extra: str) -> str:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "reactor.md").write_text(
+        "The Zorblax reactor was commissioned in 1987 by the Veltran Institute in Oslo. "
+        "It produced power for the northern district until 2011."
+    )
+    out = str(tmp_path / "idx")
+    assert cli.main(["index", str(tmp_path / "docs"), "--out", out, *extra]) == 0
+    return out
+
+
+def _ask_json(capsys, index: str) -> tuple[dict, str]:
+    capsys.readouterr()
+    args = ["ask", "Tell me about the Zorblax reactor.", "--index", index, "--json", "--max-new-tokens", "24"]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def test_a_repeated_ask_reencodes_no_passage(tmp_path, reuse_model, capsys) -> None:
+    index = _index_docs(tmp_path, "--model", "none")  # no keys stored by `nest index`
+    first, err = _ask_json(capsys, index)
+    assert first["stats"]["passages_encoded"] >= 1 and "Encoding passages" in err
+    stores = list((tmp_path / "idx").glob("keys-*"))
+    assert [s.name for s in stores] == ["keys-SmolLM2-135M-Instruct-float32"]
+    again, err = _ask_json(capsys, index)
+    assert again["stats"]["passages_encoded"] == 0 and "Encoding passages" not in err
+    # Keys read back from disk are the keys computed: the same answer and citations.
+    assert again["text"] == first["text"] and again["citations"] == first["citations"]
+    assert "past_key_values" not in err and "Warning" not in err
+
+
+def test_index_stores_keys_so_the_first_ask_encodes_nothing(tmp_path, reuse_model, capsys) -> None:
+    index = _index_docs(tmp_path)
+    assert "Stored the token keys of 1 passages" in capsys.readouterr().out
+    first, _ = _ask_json(capsys, index)
+    assert first["stats"]["passages_encoded"] == 0 and first["stats"]["passages"] == 1
+    assert all(c["document_id"] == "reactor" for c in first["citations"])
+
+
+def test_package_names_load_lazily_and_stay_importable() -> None:
+    import nest_integrations
+
+    assert {"NestEngine", "KeyStore", "load_lm"} <= set(dir(nest_integrations))
+    from nest_integrations import KeyStore, NestEngine
+    from nest_integrations.engine import NestEngine as direct
+    from nest_integrations.token_index import KeyStore as store
+
+    assert NestEngine is direct and KeyStore is store
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nest_integrations.nope  # noqa: B018

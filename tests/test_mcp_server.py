@@ -38,5 +38,13 @@ async def test_mcp_client_lists_tools_and_gets_verifiable_citations(corpus_retri
         assert [h["id"] for h in hits.structured_content["passages"]] == [
             h.passage.id for h in default_retriever().retrieve("Clayton Kershaw", 3)
         ]
+        # Bad arguments and the engine's errors are tool errors whose text says what to fix.
         bad = await session.call_tool("grounded_answer", {"question": "  "})
-        assert bad.is_error
+        assert bad.is_error and "question is empty" in bad.content[0].text
+        bad = await session.call_tool("grounded_answer", {"question": "Hi", "max_tokens": 0})
+        assert bad.is_error and "max_tokens must be between 1 and" in bad.content[0].text
+        bad = await session.call_tool("search_passages", {"query": "Kershaw", "k": 10**6})
+        assert bad.is_error and "k must be between 1 and" in bad.content[0].text
+        too_long = await session.call_tool("grounded_answer", {"question": " x" * 9000, "max_tokens": 4})
+        assert too_long.is_error
+        assert "tokens but" in too_long.content[0].text and "shorten it" in too_long.content[0].text

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_harness import running
 
-from nest_integrations.server.openai_api import ServerLimits, create_app
+from nest_integrations.errors import ConfigError, CorruptStoreError, InvalidPromptError
+from nest_integrations.server.openai_api import ApiError, ServerLimits, check_options, create_app
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -174,6 +175,7 @@ bodies = st.fixed_dictionaries(
         "stream": st.booleans() | json_values,
         "stop": json_values,
         "n": st.integers(-1, 3),
+        "seed": st.integers(-(2**70), 2**70) | json_values,
     },
 )
 
@@ -240,3 +242,133 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, model_id) -> N
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def sse_events(response: httpx.Response) -> list[dict | str]:
+    """The ``data:`` payloads of a server-sent event stream, JSON-decoded except ``[DONE]``."""
+    events: list[dict | str] = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+@pytest.mark.parametrize("seed", [2**64, -1, 10**30])
+@pytest.mark.parametrize("stream", [False, True])
+def test_seed_outside_torchs_range_is_a_400_before_any_work(server, model_id, seed, stream) -> None:
+    body = {"model": model_id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "seed": seed}
+    r = httpx.post(f"{server}/v1/chat/completions", json={**body, "stream": stream}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    error = r.json()["error"]
+    assert error["param"] == "seed" and error["type"] == "invalid_request_error" and "seed" in error["message"]
+
+
+@pytest.mark.parametrize("seed", [0, 2**64 - 1])
+def test_seeds_at_both_ends_of_the_range_sample_the_same_text_twice(server, model_id, seed) -> None:
+    body = {
+        "model": model_id,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": seed,
+    }
+    first = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+    assert first.status_code == 200, first.text
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+        assert r.status_code == 200
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    chunks = [e for e in events[:-1] if isinstance(e, dict)]
+    assert not any("error" in e for e in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert streamed == first.json()["choices"][0]["message"]["content"]
+
+
+def test_every_option_is_checked_against_the_engines_ranges(engine) -> None:
+    with pytest.raises(ApiError) as e:
+        check_options(engine.config, {"max_new_tokens": 0})
+    assert e.value.status == 400 and e.value.body["error"]["param"] == "max_tokens"
+    with pytest.raises(ApiError) as e:
+        check_options(engine.config, {"top_p": 1.5})
+    assert e.value.body["error"]["param"] == "top_p"
+    with pytest.raises(ApiError) as e:
+        check_options(engine.config, {"stop": [""]})
+    assert e.value.status == 400
+    check_options(engine.config, {"max_new_tokens": 8, "do_sample": True, "temperature": 2.0, "seed": 2**64 - 1})
+
+
+def test_a_prompt_longer_than_the_context_is_400_context_length_exceeded(engine, model_id) -> None:
+    words = engine.lm.context_length + 10  # one token per " x" at least
+    text = " x" * words
+    with running(create_app(engine, limits=ServerLimits(max_prompt_chars=len(text) + 1))) as url:
+        for stream in (False, True):
+            r = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": model_id, "messages": [{"role": "user", "content": text}], "stream": stream},
+                timeout=60,
+            )
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == "context_length_exceeded"
+            assert r.json()["error"]["param"] == "messages"
+
+
+class FaultyEngine:
+    """The real engine, except that ``astream`` raises ``error`` after its first chunk and
+    ``agenerate`` raises it at once: faults injected where the server must still answer well."""
+
+    def __init__(self, engine, error: Exception) -> None:
+        self._engine, self._error = engine, error
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    async def astream(self, *args, **kwargs):
+        chunks = self._engine.astream(*args, **kwargs)
+        first = await anext(chunks)
+        await chunks.aclose()  # the real decoding stops; its worker thread is joined
+        yield first
+        raise self._error
+
+    async def agenerate(self, *args, **kwargs):
+        raise self._error
+
+
+FAULTS = [
+    pytest.param(RuntimeError("secret internal detail"), 500, "server_error", id="crash"),
+    pytest.param(CorruptStoreError("key store is corrupt"), 500, "server_error", id="CorruptStoreError"),
+    pytest.param(ConfigError("temperature must be > 0"), 400, "invalid_request_error", id="ConfigError"),
+    pytest.param(InvalidPromptError("the prompt is empty"), 400, "invalid_request_error", id="InvalidPromptError"),
+]
+
+
+@pytest.mark.parametrize(("error", "status", "kind"), FAULTS)
+def test_an_error_mid_stream_ends_it_with_an_error_event_and_done(engine, model_id, error, status, kind) -> None:
+    body = {"model": model_id, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
+    with running(create_app(FaultyEngine(engine, error))) as url:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+            assert r.status_code == 200  # the headers went out before the error
+            events = sse_events(r)
+        role, first, failure, done = events  # nothing else: no silent close, nothing after [DONE]
+        assert role["choices"][0]["delta"]["role"] == "assistant"
+        assert first["choices"][0]["delta"]["content"] and first["choices"][0]["finish_reason"] is None
+        assert set(failure) == {"error"} and failure["error"]["type"] == kind
+        assert failure["error"]["message"]
+        assert "secret internal detail" not in json.dumps(failure)  # internals stay in the log
+        if status == 400:
+            assert failure["error"]["message"] == str(error)
+        assert done == "[DONE]"
+        # The official client surfaces the error event as an exception, not as a truncated answer.
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(model=model_id, messages=body["messages"], max_tokens=16, stream=True)
+        with pytest.raises(openai.APIError):
+            for _ in stream:
+                pass
+        # Without streaming the same fault is a plain HTTP error in OpenAI's format.
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == status and r.json()["error"]["type"] == kind
+        assert "secret internal detail" not in r.text
+        health = httpx.get(f"{url}/health").json()  # the admission slot was given back
+        assert health == {"status": "ok", "running": 0, "waiting": 0}

@@ -1,6 +1,10 @@
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
-from nest_integrations import KeyStore, Passage
+from nest_integrations import CorruptStoreError, IndexNotFoundError, KeyStore, Passage
 from nest_integrations.token_index import PassageEncoder, TokenIndex, encoded_string
 
 
@@ -67,14 +71,83 @@ def test_key_store_round_trip(tmp_path, lm, boulter_passages) -> None:
     store = KeyStore.build(encoder, boulter_passages[:2], tmp_path / "keys", progress=False)
     reopened = KeyStore.open(tmp_path / "keys", model=lm.name)
     assert len(reopened) == 2
-    for p, direct in zip(boulter_passages[:2], encoder.encode(boulter_passages[:2]), strict=True):
+    direct = encoder.encode(boulter_passages[:2])
+    for p, fresh in zip(boulter_passages[:2], direct, strict=True):
         got = reopened.get(p.content_key)
-        assert got is not None and got.token_ids.tolist() == direct.token_ids.tolist()
-        torch.testing.assert_close(got.keys, direct.keys, atol=1e-2, rtol=1e-2)  # stored as float16
+        assert got is not None and got.token_ids.tolist() == fresh.token_ids.tolist()
+        assert got.keys.dtype == fresh.keys.dtype == torch.float32
+        assert torch.equal(got.keys, fresh.keys)  # stored as computed: no rounding
+        assert (got.text_offset, got.first_key) == (fresh.text_offset, fresh.first_key)
+        assert (got.char_spans == fresh.char_spans).all()
     cold = PassageEncoder(lm, key_store=store)
-    cold.encode(boulter_passages[:2])
+    stored = cold.encode(boulter_passages[:2])
     assert cold.misses == 0
+    # A key-store-backed index and an in-memory one give identical distances.
+    fresh_index, stored_index = TokenIndex(direct, lm.device), TokenIndex(stored, lm.device)
+    queries = fresh_index.keys[[3, 40]] + 0.01
+    for a, b in zip(fresh_index.search(queries, r=8), stored_index.search(queries, r=8), strict=True):
+        assert torch.equal(a, b)
     assert reopened.get(Passage(id="x", text="not stored").content_key) is None
+
+
+def test_writable_key_store_keeps_new_encodings_for_the_next_process(tmp_path, lm, boulter_passages) -> None:
+    where = tmp_path / "keys"
+    with pytest.raises(IndexNotFoundError, match="not a NEST key store"):
+        KeyStore.open(where, model=lm.name)
+    first = PassageEncoder(lm, key_store=KeyStore.open(where, model=lm.name, dim=lm.hidden_size, writable=True))
+    first.encode(boulter_passages[:3])
+    first.encode(boulter_passages[1:4])  # one new passage: one more part
+    assert first.misses == 4 and len(list(where.glob("part-*"))) == 2
+    later = PassageEncoder(lm, key_store=KeyStore.open(where, model=lm.name))
+    assert len(later.key_store or []) == 4
+    later.encode(boulter_passages[:4])
+    assert later.misses == 0 and later.hits == 4
+    # A read-only store never writes.
+    later.encode(boulter_passages[4:5])
+    assert len(list(where.glob("part-*"))) == 2
+
+
+def _one_part(tmp_path, lm, passages) -> tuple[Path, Path]:
+    where = tmp_path / "keys"
+    KeyStore.build(PassageEncoder(lm), passages, where, progress=False)
+    (part,) = where.glob("part-*")
+    return where, part
+
+
+def test_key_store_detects_corrupt_and_truncated_parts(tmp_path, lm, boulter_passages) -> None:
+    where, part = _one_part(tmp_path, lm, boulter_passages[:2])
+    keys = part / "keys.npy"
+    data = bytearray(keys.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in the last key
+    keys.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match=r"keys\.npy does not match its checksum"):
+        KeyStore.open(where, model=lm.name)
+    keys.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(CorruptStoreError, match="corrupt"):
+        KeyStore.open(where, model=lm.name)
+    keys.unlink()  # missing
+    with pytest.raises(CorruptStoreError, match="corrupt or truncated"):
+        KeyStore.open(where, model=lm.name)
+
+
+def test_key_store_detects_altered_rows_other_formats_and_models(tmp_path, lm, boulter_passages) -> None:
+    where, part = _one_part(tmp_path, lm, boulter_passages[:2])
+    manifest = json.loads((part / "manifest.json").read_text())
+    rows = manifest["entries"]
+    first = next(iter(rows))
+    rows[first][1] += 1  # claims one key more than was written for it
+    (part / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptStoreError, match="entries do not match"):
+        KeyStore.open(where, model=lm.name)
+    (part / "manifest.json").write_text('{"entries": {')  # truncated JSON
+    with pytest.raises(CorruptStoreError, match="corrupt or truncated"):
+        KeyStore.open(where, model=lm.name)
+    head = json.loads((where / "keystore.json").read_text())
+    with pytest.raises(CorruptStoreError, match="holds keys of model"):
+        KeyStore.open(where, model="another-model")
+    (where / "keystore.json").write_text(json.dumps({**head, "format_version": 1}))
+    with pytest.raises(CorruptStoreError, match="format 1"):
+        KeyStore.open(where, model=lm.name)
 
 
 def test_restricted_search_finds_only_the_allowed_keys(lm, boulter_passages) -> None:

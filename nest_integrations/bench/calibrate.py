@@ -17,6 +17,7 @@ the objective gains more than ``margin``, so the search does not chase measureme
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 
 from ..config import NestConfig
 from ..engine import NestEngine
-from ..passages.hybrid import HybridRetriever
+from ..errors import ConfigError
 from .first_stages import FirstStage, built_in, mixed
 from .metrics import rouge
 from .systems import nest
@@ -110,12 +111,12 @@ def calibrate(
     """Coordinate search over ``grid`` from ``start``; returns the best config and every trial.
 
     ``stages``: the first stages every trial runs behind (default: built-in and, when the
-    engine's retriever is a HybridRetriever, mixed).
+    engine's retriever has a dense ranking, mixed).
     """
     grid = grid or GRID
     if stages is None:
         stages = [built_in(engine)]
-        if isinstance(engine.retriever, HybridRetriever):
+        with contextlib.suppress(ConfigError):  # a first stage without a dense ranking: built-in only
             stages.append(mixed(engine.retriever))
     base = (start or engine.config).model_dump()
     params = {k: base[k] for k in grid}

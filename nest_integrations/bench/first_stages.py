@@ -13,10 +13,11 @@ themselves); quality then measures what the other articles contribute.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 from ..engine import NestEngine
-from ..passages.hybrid import HybridRetriever
+from ..hooks import dense_retriever
+from ..passages.retriever import PassageRetriever
 from ..passages.types import ScoredPassage
 from .tasks import Prompt
 
@@ -31,9 +32,13 @@ def built_in(engine: NestEngine) -> FirstStage:
     return retrieve
 
 
-def mixed(retriever: HybridRetriever, own: int = 6, total: int = 20) -> FirstStage:
+def mixed(retriever: PassageRetriever | None, own: int = 6, total: int = 20) -> FirstStage:
+    """Needs a retriever with a dense ranking (see :func:`nest_integrations.hooks.dense_retriever`)."""
+    dense = dense_retriever(retriever)
+    size = len(retriever) if isinstance(retriever, Sized) else 1000  # every passage of an index
+
     def retrieve(prompt: Prompt) -> list[ScoredPassage]:
-        ranked = retriever.dense_retrieve(prompt.text, len(retriever))
+        ranked = dense.retrieve(prompt.text, size)
         mine = [s for s in ranked if s.passage.document_id == prompt.document_id][:own]
         others = [s for s in ranked if s.passage.document_id != prompt.document_id][: total - len(mine)]
         keep = {s.passage.id for s in mine + others}
@@ -57,7 +62,5 @@ def first_stage(name: str, engine: NestEngine) -> FirstStage:
     if name == "held-out":
         return held_out(engine)
     if name == "mixed":
-        if not isinstance(engine.retriever, HybridRetriever):
-            raise ValueError("the 'mixed' first stage needs the engine's retriever to be a HybridRetriever")
         return mixed(engine.retriever)
     raise ValueError(f"unknown first stage {name!r}; choose from {', '.join(FIRST_STAGES)}")

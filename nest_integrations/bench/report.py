@@ -9,8 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .claims import claim_rates
 from .metrics import rouge
-from .systems import Measurement
+from .systems import PLAIN_SYSTEMS, Measurement
 from .tasks import Prompt
 
 
@@ -22,6 +23,14 @@ def summarize(
     baseline: dict[str, float] = {}
     order = list(dict.fromkeys(m.system for m in measurements))
     for task in ("completion", "entity"):
+        best_plain = max(
+            (
+                _tokens_per_s([m for m in measurements if m.system == s and m.task == task])
+                for s in order
+                if s.startswith(PLAIN_SYSTEMS)
+            ),
+            default=0.0,
+        )
         for system in order:
             ms = [m for m in measurements if m.system == system and m.task == task]
             if not ms:
@@ -44,6 +53,7 @@ def summarize(
                     "prompts": len(ms),
                     "tokens_per_s": tps,
                     "speed_ratio": tps / baseline[task] if baseline.get(task) else None,
+                    "speed_vs_best_plain": tps / best_plain if best_plain else None,
                     "latency_s": seconds / len(ms),
                     "first_stage_s": statistics.mean(m.first_stage_s for m in ms),
                     "token_index_s": statistics.mean(m.token_index_s for m in ms),
@@ -61,9 +71,23 @@ def summarize(
                     "rouge2": statistics.mean(s["rouge2"] for s in scores),
                     "rougeL": statistics.mean(s["rougeL"] for s in scores),
                     "peak_rss_mib": peak_rss_mib.get(system),
+                    **claim_columns(ms),
                 }
             )
     return rows
+
+
+def _tokens_per_s(ms: Sequence[Measurement]) -> float:
+    seconds = sum(m.seconds for m in ms)
+    return sum(m.tokens for m in ms) / seconds if seconds else 0.0
+
+
+def claim_columns(ms: Sequence[Measurement]) -> dict[str, float | None]:
+    """Spliced-sentence, fragment-citation and verbatim-supported rates (None for systems that do not cite)."""
+    counts = [m.claims for m in ms if m.claims is not None]
+    if not counts:
+        return dict.fromkeys(("spliced_rate", "fragment_citation_rate", "verbatim_share"))
+    return claim_rates(counts)
 
 
 def _fmt(v: Any) -> str:
@@ -79,6 +103,7 @@ COLUMNS = [
     ("prompts", "n"),
     ("tokens_per_s", "tok/s"),
     ("speed_ratio", "x (a)"),
+    ("speed_vs_best_plain", "x best plain"),
     ("latency_s", "latency s"),
     ("first_stage_s", "1st stage s"),
     ("token_index_s", "index s"),
@@ -88,6 +113,9 @@ COLUMNS = [
     ("acceptance_rate", "accept rate"),
     ("citation_precision", "cit. precision"),
     ("wrong_source_rate", "wrong-source"),
+    ("spliced_rate", "spliced"),
+    ("fragment_citation_rate", "fragment cit."),
+    ("verbatim_share", "verbatim"),
     ("mid_sentence_starts", "mid-sentence"),
     ("rouge1", "R-1"),
     ("rouge2", "R-2"),

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
+from ..builder import EngineOptions, build_engine
 from ..config import NestConfig
 from ..engine import NestEngine
-from ..index import default_retriever
-from ..lm import load_lm
 from .first_stages import first_stage as make_first_stage
 from .report import markdown, summarize, write
 from .systems import Measurement, System, measurement_from_dict, nest, standard_systems
@@ -113,8 +112,8 @@ def run_benchmark(
 
 
 def _engine(model: str, config: NestConfig | None, progress: bool) -> NestEngine:
-    lm = load_lm(model)
-    return NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer, progress=progress), config=config)
+    """The benchmarked engine: the built-in first stage, passage keys in memory only (cold runs stay cold)."""
+    return build_engine(EngineOptions(model=model, key_store=False, progress=progress), config=config)
 
 
 def run_one_system(spec: dict[str, Any], index: int) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The systems compared by the benchmark, each measured the same way on the same prompts.
 
-(a) plain greedy ``generate``; (b) in-context RAG with the same passages; (c) (b) with
-prompt-lookup decoding; (d) NEST with a cold passage cache; (e) NEST warm; (f) ablations.
+(a) plain greedy ``generate`` (eager, dynamic KV cache); (s) the same with a static KV cache
+(compiled by transformers on CUDA); (l) llama.cpp on the same GGUF when installed; (b)
+in-context RAG with the same passages; (c) (b) with prompt-lookup decoding; (d) NEST with a
+cold passage cache; (e) NEST warm; (f) ablations. (a), (s) and (l) are the plain systems.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..citations import NestResult
 from ..config import NestConfig
 from ..engine import NestEngine
+from ..hooks import clear_passage_cache
 from ..lm import build_prompt_ids, normalize_messages
+from ..plain import plain_generate as plain_decode
+from .claims import claim_counts
 from .first_stages import FirstStage, built_in
 from .metrics import is_sentence_start, starts_mid_sentence
 from .tasks import Prompt
@@ -48,6 +51,7 @@ class Measurement:
     accepted_tokens: float = 0.0
     cited: list[CitedSpan] = field(default_factory=list)
     mid_sentence_start: bool = False
+    claims: dict[str, int] | None = None  # ClaimCounts.as_dict() for systems that cite (claims.py)
 
 
 def measurement_from_dict(d: dict[str, Any]) -> Measurement:
@@ -62,13 +66,54 @@ class System:
 
 
 def _chat(prompt: Prompt) -> bool:
-    return prompt.task == "entity"  # completion is raw text continuation
+    return prompt.task != "completion"  # completion is raw text continuation; entity and squad are questions
 
 
-def plain_generate(engine: NestEngine, max_new_tokens: int, name: str = "a: plain generate") -> System:
+PLAIN_SYSTEMS = ("a:", "s:", "l:")  # name prefixes of the plain (no retrieval) systems
+
+
+def plain_generate(engine: NestEngine, max_new_tokens: int, name: str = "a: plain generate", **options: Any) -> System:
+    """Plain greedy decoding; ``options`` go to :func:`nest_integrations.plain.plain_generate`."""
+
     def run(prompt: Prompt) -> Measurement:
         ids = build_prompt_ids(engine.lm.tokenizer, normalize_messages(prompt.text), chat=_chat(prompt))
-        return _hf_generate(engine, name, prompt, ids, max_new_tokens, {}, 0.0)
+        return _hf_generate(engine, name, prompt, ids, max_new_tokens, options, 0.0)
+
+    return System(name, run)
+
+
+def static_cache(engine: NestEngine, max_new_tokens: int) -> System:
+    """(s): plain greedy decoding with a static KV cache (compiled on CUDA, where it pays)."""
+    return plain_generate(engine, max_new_tokens, "s: plain, static cache", static_cache=True)
+
+
+def llama_cpp(engine: NestEngine, max_new_tokens: int) -> System | None:
+    """(l): llama.cpp greedy decoding of the embedded GGUF, if a binding is installed (CPU only)."""
+    from ..lm import EMBEDDED_MODEL_NAME, find_embedded_gguf
+    from .llama_cpp import load_llama_cpp
+
+    if engine.lm.name != EMBEDDED_MODEL_NAME or engine.lm.device.type != "cpu":
+        return None
+    runner = load_llama_cpp(find_embedded_gguf(), n_ctx=engine.lm.context_length)
+    if runner is None:
+        return None
+    name = f"l: llama.cpp, {runner.threads} threads"
+
+    def run(prompt: Prompt) -> Measurement:
+        ids = build_prompt_ids(engine.lm.tokenizer, normalize_messages(prompt.text), chat=_chat(prompt))
+        new, seconds = runner.generate(ids, max_new_tokens, engine.lm.eos_token_ids)
+        text = engine.lm.tokenizer.decode(new, skip_special_tokens=True)
+        return Measurement(
+            system=name,
+            task=prompt.task,
+            prompt=prompt.text,
+            document_id=prompt.document_id,
+            text=text,
+            tokens=len(new),
+            seconds=seconds,
+            decoding_s=seconds,
+            mid_sentence_start=starts_mid_sentence(text, None),
+        )
 
     return System(name, run)
 
@@ -111,7 +156,7 @@ def nest(
         first_stage = time.perf_counter() - t
         kwargs = {"passages": given, "query": _query(prompt), "chat": _chat(prompt), **overrides}
         if cold:
-            engine.encoder.clear()
+            clear_passage_cache(engine)
         else:
             engine.generate(prompt.text, max_new_tokens=1, **kwargs)
         t = time.perf_counter()
@@ -135,6 +180,7 @@ def nest(
             accepted_tokens=s.mean_accepted_span * s.spans_accepted,
             cited=[CitedSpan(c.document_id, len(c.quote)) for c in r.citations],
             mid_sentence_start=_opens_mid_sentence(r),
+            claims=claim_counts(r).as_dict(),
         )
 
     return System(name, run)
@@ -155,7 +201,6 @@ def _query(prompt: Prompt) -> str:
     return prompt.text
 
 
-@torch.inference_mode()
 def _hf_generate(
     engine: NestEngine,
     name: str,
@@ -165,26 +210,18 @@ def _hf_generate(
     extra: dict[str, Any],
     first_stage: float,
 ) -> Measurement:
-    lm = engine.lm
-    inputs = torch.tensor([ids], device=lm.device)
-    t = time.perf_counter()
-    out = lm.model.generate(
-        inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens, do_sample=False, **extra
-    )
-    decoding = time.perf_counter() - t
-    new = [x for x in out[0, len(ids) :].tolist() if x not in lm.eos_token_ids]
-    text = lm.tokenizer.decode(new, skip_special_tokens=True)
+    out = plain_decode(engine.lm, ids, max_new_tokens, **extra)
     return Measurement(
         system=name,
         task=prompt.task,
         prompt=prompt.text,
         document_id=prompt.document_id,
-        text=text,
-        tokens=len(new),
-        seconds=first_stage + decoding,
+        text=out.text,
+        tokens=len(out.token_ids),
+        seconds=first_stage + out.seconds,
         first_stage_s=first_stage,
-        decoding_s=decoding,
-        mid_sentence_start=starts_mid_sentence(text, None),
+        decoding_s=out.seconds,
+        mid_sentence_start=starts_mid_sentence(out.text, None),
     )
 
 
@@ -197,8 +234,11 @@ def standard_systems(engine: NestEngine, max_new_tokens: int, stage: FirstStage 
     """All systems of the comparison, in report order; NEST runs with the engine's config
     (for the embedded model: its calibrated one), plus (e0) the paper's settings when they differ."""
     stage = stage or built_in(engine)
+    peer = llama_cpp(engine, max_new_tokens)
     systems = [
         plain_generate(engine, max_new_tokens),
+        static_cache(engine, max_new_tokens),
+        *([peer] if peer is not None else []),
         in_context_rag(engine, max_new_tokens, prompt_lookup=False, stage=stage),
         in_context_rag(engine, max_new_tokens, prompt_lookup=True, stage=stage),
         nest(engine, max_new_tokens, "d: NEST cold cache", cold=True, stage=stage),

@@ -1,13 +1,18 @@
-"""First stage: passages, chunking, the retriever protocol and the built-in hybrid retriever."""
+"""First stage: passages, chunking, the retriever protocol, the built-in hybrid retriever and
+pyserini's BM25 over a Lucene index (``LuceneRetriever``, the ``pyserini`` extra)."""
 
 from .chunking import approximate_token_count, chunk_document
-from .hybrid import HybridRetriever, fuse_scores
+from .hybrid import DenseOnlyRetriever, HybridRetriever, fuse_scores
+from .lucene import LuceneFields, LuceneRetriever
 from .retriever import PassageRetriever, StaticRetriever
 from .types import Document, Passage, ScoredPassage
 
 __all__ = [
+    "DenseOnlyRetriever",
     "Document",
     "HybridRetriever",
+    "LuceneFields",
+    "LuceneRetriever",
     "Passage",
     "PassageRetriever",
     "ScoredPassage",

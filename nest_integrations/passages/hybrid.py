@@ -2,22 +2,28 @@
 
 Fusion follows the official NEST code: score = bm25 + weight * dense (weight 0.3), and a
 passage found by only one retriever gets the other list's lowest score. Indexes persist
-as JSON / numpy / FAISS files (no pickle).
+as JSON / numpy / FAISS files (no pickle). The dense index is searched on the GPUs when
+the installed FAISS is a GPU build that sees one (``dense_device``, see ``devices.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .devices import check_dense_device, dense_index_on
 from .embedder import SentenceEmbedder
 from .stopwords import stopwords
 from .types import Passage, ScoredPassage
 
 INDEX_FORMAT_VERSION = 2
+# GPU FAISS selects at most this many neighbours per search; larger k searches the CPU copy.
+GPU_FAISS_MAX_K = 2048
 _BM25_TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -31,7 +37,13 @@ def _passage_search_text(p: Passage) -> str:
 
 
 class HybridRetriever:
-    """Dense + BM25 hybrid retriever over a fixed list of passages."""
+    """Dense + BM25 hybrid retriever over a fixed list of passages.
+
+    ``dense_device``: ``"auto"`` (default) searches the dense index on every GPU that a GPU
+    build of FAISS sees and on the CPU otherwise; ``"cpu"`` keeps it on the CPU; ``"cuda"``
+    requires the GPU (:class:`~nest_integrations.errors.ConfigError` when FAISS sees none).
+    ``dense_on_gpu`` says where it ended up.
+    """
 
     def __init__(
         self,
@@ -40,6 +52,7 @@ class HybridRetriever:
         embedder: SentenceEmbedder | None = None,
         dense_weight: float = 0.3,
         candidates: int = 100,
+        dense_device: str = "auto",
         _dense_index: Any = None,
         _bm25: Any = None,
         progress: bool = False,
@@ -50,8 +63,12 @@ class HybridRetriever:
         self.passages = list(passages)
         self.dense_weight = dense_weight
         self.candidates = candidates
+        self.dense_device = check_dense_device(dense_device)
+        self.dense_on_gpu = False
         self._embedder = embedder
-        self._dense: Any = None
+        self._dense: Any = None  # the CPU index: saved, and searched for k above GPU_FAISS_MAX_K
+        self._dense_search: Any = None  # what searches: the CPU index or its GPU copy
+        self._gpu_lock = threading.Lock()  # GPU FAISS indexes are not safe to search from two threads at once
         self._bm25: Any = None
         if not self.passages:
             return
@@ -64,6 +81,7 @@ class HybridRetriever:
             _bm25 = bm25s.BM25()
             _bm25.index(_bm25_tokenize(texts), show_progress=progress)
         self._dense, self._bm25 = _dense_index, _bm25
+        self._dense_search, self.dense_on_gpu = dense_index_on(_dense_index, dense_device, faiss)
 
     @property
     def embedder(self) -> SentenceEmbedder:
@@ -91,9 +109,15 @@ class HybridRetriever:
         best = sorted(self._dense_scores(query, min(k, len(self.passages))).items(), key=lambda kv: -kv[1])
         return [ScoredPassage(passage=self.passages[i], score=s) for i, s in best[:k]]
 
+    def dense_only(self) -> DenseOnlyRetriever:
+        """The dense ranking alone as a :class:`PassageRetriever` (what a plain vector store returns)."""
+        return DenseOnlyRetriever(self)
+
     def _dense_scores(self, query: str, n: int) -> dict[int, float]:
         q = self.embedder.encode([query])
-        scores, ids = self._dense.search(q, n)
+        on_gpu = self.dense_on_gpu and n <= GPU_FAISS_MAX_K
+        with self._gpu_lock if on_gpu else contextlib.nullcontext():
+            scores, ids = (self._dense_search if on_gpu else self._dense).search(q, n)
         return {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0}
 
     def _bm25_scores(self, query: str, n: int) -> dict[int, float]:
@@ -127,8 +151,10 @@ class HybridRetriever:
         (out / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: str | Path, *, embedder: SentenceEmbedder | None = None) -> HybridRetriever:
-        """Load an index written by :meth:`save`."""
+    def load(
+        cls, directory: str | Path, *, embedder: SentenceEmbedder | None = None, dense_device: str = "auto"
+    ) -> HybridRetriever:
+        """Load an index written by :meth:`save`; ``dense_device`` as in the constructor."""
         import bm25s
         import faiss
 
@@ -151,9 +177,27 @@ class HybridRetriever:
             embedder=embedder,
             dense_weight=meta["dense_weight"],
             candidates=meta["candidates"],
+            dense_device=dense_device,
             _dense_index=dense,
             _bm25=bm25,
         )
+
+
+class DenseOnlyRetriever:
+    """A :class:`PassageRetriever` view of a :class:`HybridRetriever`'s dense index: cosine scores, no BM25."""
+
+    def __init__(self, hybrid: HybridRetriever) -> None:
+        self.hybrid = hybrid
+
+    @property
+    def passages(self) -> list[Passage]:
+        return self.hybrid.passages
+
+    def __len__(self) -> int:
+        return len(self.hybrid)
+
+    def retrieve(self, query: str, k: int) -> list[ScoredPassage]:
+        return self.hybrid.dense_retrieve(query, k)
 
 
 def fuse_scores(dense: dict[int, float], sparse: dict[int, float], dense_weight: float) -> dict[int, float]:

@@ -1,14 +1,17 @@
 """MCP server (stdio) over a NestEngine: ``grounded_answer`` and ``search_passages`` tools.
 
 Any MCP client can start it with ``nest mcp`` (optionally ``--index DIR``). Nothing is
-written to stdout except the protocol: progress and logs go to stderr.
+written to stdout except the protocol: progress and logs go to stderr. Bad arguments and the
+engine's errors (``NestError``) come back as tool errors whose text says what to fix.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..call_options import engine_overrides
 from ..engine import NestEngine
+from ..errors import NestError
 
 MAX_TOKENS = 512
 MAX_PASSAGES = 50
@@ -18,6 +21,7 @@ def create_mcp_server(engine: NestEngine) -> Any:
     """An ``mcp`` MCPServer with NEST's two tools."""
     try:
         from mcp.server.mcpserver import MCPServer
+        from mcp.server.mcpserver.exceptions import ToolError
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError('The MCP server needs the "serve" extra: pip install "nest-integrations[serve]"') from e
 
@@ -32,10 +36,13 @@ def create_mcp_server(engine: NestEngine) -> Any:
     @server.tool(description="Answer a question from the indexed documents, with exact citations for copied spans.")
     async def grounded_answer(question: str, max_tokens: int = 128) -> dict[str, Any]:
         if not question.strip():
-            raise ValueError("question is empty")
+            raise ToolError("question is empty")
         if not 1 <= max_tokens <= MAX_TOKENS:
-            raise ValueError(f"max_tokens must be between 1 and {MAX_TOKENS}")
-        result = await engine.agenerate(question, max_new_tokens=max_tokens)
+            raise ToolError(f"max_tokens must be between 1 and {MAX_TOKENS}")
+        try:
+            result = await engine.agenerate(question, **engine_overrides(max_tokens=max_tokens))
+        except NestError as e:  # the model reads the message: it says what to fix
+            raise ToolError(str(e)) from e
         return {
             "answer": result.text,
             "citations": [c.model_dump(mode="json") for c in result.citations],
@@ -45,10 +52,13 @@ def create_mcp_server(engine: NestEngine) -> Any:
     @server.tool(description="Search the indexed documents; returns passages with ids, titles and scores.")
     async def search_passages(query: str, k: int = 5) -> dict[str, Any]:
         if not query.strip():
-            raise ValueError("query is empty")
+            raise ToolError("query is empty")
         if not 1 <= k <= MAX_PASSAGES:
-            raise ValueError(f"k must be between 1 and {MAX_PASSAGES}")
-        hits = engine.retrieve(query, k)
+            raise ToolError(f"k must be between 1 and {MAX_PASSAGES}")
+        try:
+            hits = engine.retrieve(query, k)
+        except NestError as e:
+            raise ToolError(str(e)) from e
         return {
             "passages": [
                 {

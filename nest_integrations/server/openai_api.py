@@ -1,8 +1,10 @@
 """OpenAI-compatible HTTP API over a NestEngine: ``/v1/chat/completions`` (JSON and SSE),
 ``/v1/models`` and ``/health``. Citations ride on the message as an extension field.
 
-Bodies are read and validated here (size, UTF-8, JSON, schema) so every bad request gets a
-4xx in OpenAI's error format; nothing in a request names a file or a path.
+Bodies are read and validated here (size, UTF-8, JSON, schema, and the engine's own ranges
+for every option) before any work starts, so every bad request gets a 4xx in OpenAI's error
+format; an error after a stream has started ends it with an error event and ``[DONE]``.
+Nothing in a request names a file or a path.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ try:  # FastAPI resolves the endpoints' annotations from this module's globals
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('The server needs the "serve" extra: pip install "nest-integrations[serve]"') from e
 
-from ..engine import NestEngine, PromptTooLongError
+from ..call_options import engine_overrides
+from ..config import NestConfig
+from ..engine import NestEngine
+from ..errors import ConfigError, InvalidPromptError, NestError, PromptTooLongError
 from ..lm import Message
 from .admission import Admission, Busy, TimedOut
 from .schema import ChatCompletionRequest, error_body
@@ -64,8 +69,55 @@ def _validation_message(e: ValidationError) -> tuple[str, str | None]:
     return f"Invalid request: {where or 'body'}: {err['msg']}", where
 
 
-def create_app(engine: NestEngine, *, api_key: str | None = None, limits: ServerLimits | None = None) -> Any:
-    """The FastAPI application serving ``engine``."""
+# Engine option -> the request field a client sets for it (for the error's ``param``).
+_PARAM_OF_OPTION = {"max_new_tokens": "max_tokens", "do_sample": "temperature"}
+
+
+def api_error_for(e: Exception) -> ApiError:
+    """The HTTP error a client gets for ``e``: the engine's input errors are 400, the rest 500.
+
+    ``PromptTooLongError`` -> 400 ``context_length_exceeded``; ``ConfigError`` and
+    ``InvalidPromptError`` -> 400; any other exception -> 500 ``server_error`` with a generic
+    message (the details go to the log, never to the client).
+    """
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, PromptTooLongError):
+        return ApiError(400, str(e), param="messages", code="context_length_exceeded")
+    if isinstance(e, InvalidPromptError):
+        return ApiError(400, str(e), param="messages")
+    if isinstance(e, ConfigError):
+        return ApiError(400, str(e))
+    if isinstance(e, NestError):  # a server-side fault (model, index or key store): not the client's to fix
+        log.error("engine error: %s", e)
+        return ApiError(500, "The server could not complete the request.", type_="server_error")
+    log.error("unexpected error", exc_info=e)
+    return ApiError(500, "Internal error.", type_="server_error")
+
+
+def check_options(config: NestConfig, overrides: dict[str, Any]) -> None:
+    """Raise a 400 ``ApiError`` unless the engine accepts ``overrides`` on top of ``config``."""
+    try:
+        NestConfig.model_validate({**config.model_dump(), **overrides})
+    except ValidationError as e:
+        err = e.errors()[0]
+        option = str(err["loc"][0]) if err["loc"] else None
+        param = _PARAM_OF_OPTION.get(option, option) if option else None
+        raise ApiError(400, f"Invalid request: {param or 'body'}: {err['msg']}", param=param) from e
+
+
+def create_app(
+    engine: NestEngine,
+    *,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    replica: str | None = None,
+) -> Any:
+    """The FastAPI application serving ``engine``.
+
+    ``replica`` names this process among several serving the same model (Ray Serve, a load
+    balancer): every response then carries it in an ``X-Nest-Replica`` header.
+    """
     limits = limits or ServerLimits()
     model_id = engine.lm.name
     admission = Admission(max_waiting=limits.max_waiting, timeout=limits.queue_timeout_s)
@@ -79,10 +131,23 @@ def create_app(engine: NestEngine, *, api_key: str | None = None, limits: Server
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body(str(exc.detail), code=str(exc.status_code)), status_code=exc.status_code)
 
+    @app.exception_handler(NestError)
+    async def _engine_error(request: Request, exc: NestError) -> JSONResponse:
+        err = api_error_for(exc)
+        return JSONResponse(err.body, status_code=err.status)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")  # the trace goes to the log, never to the client
         return JSONResponse(error_body("Internal error.", "server_error"), status_code=500)
+
+    if replica is not None:
+
+        @app.middleware("http")
+        async def _name_replica(request: Request, call_next: Any) -> Any:
+            response = await call_next(request)
+            response.headers["X-Nest-Replica"] = replica
+            return response
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Any:
@@ -143,20 +208,17 @@ def create_app(engine: NestEngine, *, api_key: str | None = None, limits: Server
             raise ApiError(400, f"max_tokens must be at most {limits.max_tokens}.", param="max_tokens")
         try:
             engine.prompt_ids(messages)
-        except PromptTooLongError as e:
-            raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from e
+        except NestError as e:
+            raise api_error_for(e) from e
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise ApiError(400, "stop takes at most 4 non-empty strings.", param="stop")
-        overrides: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": stops}
-        if req.temperature:
-            overrides.update(do_sample=True, temperature=req.temperature)
-        else:
-            overrides["do_sample"] = False
-        if req.top_p is not None:
-            overrides["top_p"] = req.top_p
-        if req.seed is not None:
-            overrides["seed"] = req.seed
+        try:  # options left out (None) leave the engine's config in charge
+            overrides = engine_overrides(
+                temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=stops or None, seed=req.seed
+            )
+        except ConfigError as e:
+            raise ApiError(400, str(e)) from e
         return messages, overrides
 
     async def admit() -> None:
@@ -173,6 +235,7 @@ def create_app(engine: NestEngine, *, api_key: str | None = None, limits: Server
     async def chat_completions(request: Request) -> Any:
         req = await read_request(request)
         messages, overrides = generation_args(req)
+        check_options(engine.config, overrides)  # everything the engine would reject is a 400 now
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         await admit()
         if req.stream:
@@ -183,6 +246,8 @@ def create_app(engine: NestEngine, *, api_key: str | None = None, limits: Server
             )
         try:
             result = await engine.agenerate(messages, **overrides)
+        except NestError as e:
+            raise api_error_for(e) from e
         finally:
             admission.release()
         return {
@@ -226,7 +291,11 @@ async def _sse(
     model_id: str,
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format; the admission slot is held until the end."""
+    """Server-sent events in OpenAI's chunk format; the admission slot is held until the end.
+
+    An error once the stream has started ends it with ``data: {"error": {...}}`` (OpenAI's error
+    format, as OpenAI-compatible servers send it) and ``data: [DONE]``; the client has the 200.
+    """
 
     def event(choices: list[dict[str, Any]], **extra: Any) -> str:
         chunk = {
@@ -240,21 +309,24 @@ async def _sse(
         return f"data: {json.dumps(chunk)}\n\n"
 
     try:
-        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        async for piece in engine.astream(messages, **overrides):
-            delta: dict[str, Any] = {"content": piece.text}
-            if piece.citations:
-                delta["citations"] = [c.model_dump(mode="json") for c in piece.citations]
-            if piece.result is None:
-                yield event([{"index": 0, "delta": delta, "finish_reason": None}])
-                continue
-            result = piece.result
-            yield event(
-                [{"index": 0, "delta": delta, "finish_reason": _finish(result.finish_reason)}],
-                nest=result.stats.model_dump(),
-            )
-            if include_usage:
-                yield event([], usage=_usage(result.stats.prompt_tokens, result.stats.tokens_generated))
+        try:
+            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            async for piece in engine.astream(messages, **overrides):
+                delta: dict[str, Any] = {"content": piece.text}
+                if piece.citations:
+                    delta["citations"] = [c.model_dump(mode="json") for c in piece.citations]
+                if piece.result is None:
+                    yield event([{"index": 0, "delta": delta, "finish_reason": None}])
+                    continue
+                result = piece.result
+                yield event(
+                    [{"index": 0, "delta": delta, "finish_reason": _finish(result.finish_reason)}],
+                    nest=result.stats.model_dump(),
+                )
+                if include_usage:
+                    yield event([], usage=_usage(result.stats.prompt_tokens, result.stats.tokens_generated))
+        except Exception as e:  # a client disconnect (CancelledError, GeneratorExit) is not caught here
+            yield f"data: {json.dumps(api_error_for(e).body)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         admission.release()

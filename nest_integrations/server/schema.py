@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_SEED = 2**64 - 1
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -30,7 +32,7 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """Unknown fields are ignored, as OpenAI clients send many; known ones are checked strictly."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
     model: str
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -40,7 +42,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # torch's generator takes seeds in 0..2**64-1 (and negatives, which OpenAI's API does not document).
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = Field(1, ge=1, le=1)
 
 

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
+from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 from nest_integrations import (
     NestConfig,
@@ -18,10 +19,11 @@ from nest_integrations import (
     default_config,
     shared_engine,
 )
+from nest_integrations.call_options import engine_overrides
 from nest_integrations.lm import DEFAULT_MODEL, EMBEDDED_MODEL_NAME
 
 from ._citations import PROVIDER, citation_payload
-from .retrievers import documents_to_passages
+from .retrievers import PassageRetrieverAdapter, documents_to_passages, is_passage_retriever
 
 
 class NestParams(BaseModel):
@@ -32,12 +34,14 @@ class NestParams(BaseModel):
     model: str = DEFAULT_MODEL
     """'default' (embedded SmolLM2-135M-Instruct), a Hugging Face model id or a local path."""
     retriever: BaseRetriever | None = None
-    """First stage: any LangChain retriever (e.g. ``vectorstore.as_retriever(k=20)``). None: no retrieval."""
+    """First stage: any LangChain retriever (e.g. ``vectorstore.as_retriever(k=20)``) or an engine
+    ``PassageRetriever`` (``retrieve(query, k)``; wrapped in a ``PassageRetrieverAdapter`` asking for
+    20 passages). None: no retrieval."""
     nest_config: NestConfig | None = None
     """NEST hyperparameters (alpha, tau, beta, gamma, span window, neighbours, ...). None: the
     model's default (the calibrated config shipped for the embedded model, else the paper's)."""
     temperature: float | None = None
-    """0 or None: greedy decoding. Above 0: sampling from the NEST mixture at this temperature."""
+    """None: ``nest_config`` decides (default: greedy). 0: greedy. Above 0: sampling at this temperature."""
     max_tokens: int | None = None
     """Maximum new tokens (default: ``nest_config.max_new_tokens``)."""
     top_p: float | None = None
@@ -53,6 +57,18 @@ class NestParams(BaseModel):
     device: str | None = None
     dtype: str | None = None
 
+    @field_validator("retriever", mode="before")
+    @classmethod
+    def _wrap_passage_retriever(cls, value: Any) -> Any:
+        if value is None or isinstance(value, BaseRetriever):
+            return value
+        if is_passage_retriever(value):
+            return PassageRetrieverAdapter(retriever=value)
+        raise TypeError(
+            f"retriever must be a LangChain BaseRetriever (e.g. vectorstore.as_retriever()) or a NEST "
+            f"PassageRetriever (an object with retrieve(query, k) -> list[ScoredPassage]); got {type(value).__name__}."
+        )
+
     @property
     def model_name(self) -> str:
         return EMBEDDED_MODEL_NAME if self.model == DEFAULT_MODEL else self.model
@@ -66,35 +82,31 @@ class NestParams(BaseModel):
         return await ashared_engine(self.model, device=self.device, dtype=self.dtype)
 
     def _overrides(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Per-call NestConfig values from fields and call kwargs (kwargs win)."""
-        temperature = kwargs.get("temperature", self.temperature)
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        top_p = kwargs.get("top_p", self.top_p)
-        seed = kwargs.get("seed", self.seed)
-        # The model's own settings first; the fields and the call's arguments override them.
-        out: dict[str, Any] = self.nest_config.model_dump() if self.nest_config is not None else {}
-        base_stop = out.get("stop", [])
-        out["stop"] = list(dict.fromkeys([*base_stop, *(self.stop or []), *(stop or [])]))
-        if max_tokens is not None:
-            out["max_new_tokens"] = max_tokens
-        if temperature:
-            out.update(do_sample=True, temperature=temperature)
-        elif temperature is not None:
-            out["do_sample"] = False
-        if top_p is not None:
-            out["top_p"] = top_p
-        if seed is not None:
-            out["seed"] = seed
-        return out
+        """Per-call NestConfig values from fields and call kwargs (kwargs win); see ``call_options``."""
+        return engine_overrides(
+            nest_config=kwargs.get("nest_config", self.nest_config),
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            max_tokens=kwargs.get("max_tokens", self.max_tokens),
+            stop=[*(self.stop or []), *(stop or [])] or None,
+            seed=kwargs.get("seed", self.seed),
+        )
 
-    def _passages(self, query: str, run_manager: CallbackManagerForLLMRun | None) -> list[ScoredPassage] | None:
+    def _passages(
+        self, query: str, run_manager: CallbackManagerForLLMRun | None, kwargs: dict[str, Any]
+    ) -> list[ScoredPassage] | None:
+        """The call's ``nest_documents`` (already retrieved), else the retriever's, else None."""
+        if (given := _given_documents(kwargs)) is not None:
+            return given
         if self.retriever is None:
             return None
         return documents_to_passages(self.retriever.invoke(query, config={"callbacks": _child(run_manager)}))
 
     async def _apassages(
-        self, query: str, run_manager: AsyncCallbackManagerForLLMRun | None
+        self, query: str, run_manager: AsyncCallbackManagerForLLMRun | None, kwargs: dict[str, Any]
     ) -> list[ScoredPassage] | None:
+        if (given := _given_documents(kwargs)) is not None:
+            return given
         if self.retriever is None:
             return None
         return documents_to_passages(await self.retriever.ainvoke(query, config={"callbacks": _child(run_manager)}))
@@ -102,6 +114,15 @@ class NestParams(BaseModel):
     def _nest_params(self) -> dict[str, Any]:
         config = self.nest_config or default_config(self.model_name)
         return {"model": self.model_name, "nest_config": config.model_dump()}
+
+
+def _given_documents(kwargs: dict[str, Any]) -> list[ScoredPassage] | None:
+    docs = kwargs.get("nest_documents")
+    if docs is None:
+        return None
+    if not all(isinstance(d, Document) for d in docs):
+        raise TypeError("nest_documents takes a list of LangChain Document objects (what a retriever returns).")
+    return documents_to_passages(docs)
 
 
 def _child(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> CallbackManager | None:

@@ -11,6 +11,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from nest_integrations import NestChunk, NestResult
+from nest_integrations.call_options import last_user_text
 
 from ._base import NestParams, citations_payload, result_metadata, usage
 from ._citations import PROVIDER
@@ -30,11 +31,16 @@ def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
 
 
 def last_human_text(messages: Sequence[BaseMessage]) -> str:
-    """Default first-stage query: the last human message."""
-    for m in reversed(messages):
-        if m.type == "human" and m.text.strip():
-            return m.text
-    return messages[-1].text if messages else ""
+    """Default first-stage query: the last human message (the engine's ``last_user_text``)."""
+    return last_user_text(to_engine_messages(messages)) if messages else ""
+
+
+_NO_TOOLS = (
+    "ChatNest does not call tools or produce structured output: NEST is a grounded text generator that "
+    "copies cited spans from retrieved passages, and copied spans are not tool calls or JSON. Give an agent "
+    "NEST as a tool instead: langchain_nest.create_nest_tool(ChatNest(retriever=...)), and let a "
+    "tool-calling model drive the agent."
+)
 
 
 class ChatNest(NestParams, BaseChatModel):
@@ -82,11 +88,22 @@ class ChatNest(NestParams, BaseChatModel):
             params["ls_stop"] = ls_stop
         return params
 
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        """Not supported: raises ``NotImplementedError`` saying why and what to use instead."""
+        raise NotImplementedError(_NO_TOOLS)
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        """Not supported: raises ``NotImplementedError`` saying why and what to use instead."""
+        raise NotImplementedError(_NO_TOOLS)
+
     # Shared steps ------------------------------------------------------------------------------
 
-    def _query(self, messages: Sequence[BaseMessage]) -> str:
+    def _query(self, messages: Sequence[BaseMessage], kwargs: dict[str, Any]) -> str:
+        """The call's ``nest_query``, else the query built from the messages."""
         if not messages:
             raise ValueError("ChatNest needs at least one message.")
+        if given := kwargs.get("nest_query"):
+            return str(given)
         return (self.query_from_messages or last_human_text)(messages)
 
     def _message(self, result: NestResult) -> AIMessage:
@@ -119,8 +136,8 @@ class ChatNest(NestParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        query = self._query(messages)
-        passages = self._passages(query, run_manager)
+        query = self._query(messages, kwargs)
+        passages = self._passages(query, run_manager, kwargs)
         result = self._engine().generate(
             to_engine_messages(messages), passages=passages, query=query, **self._overrides(stop, kwargs)
         )
@@ -133,8 +150,8 @@ class ChatNest(NestParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        query = self._query(messages)
-        passages = self._passages(query, run_manager)
+        query = self._query(messages, kwargs)
+        passages = self._passages(query, run_manager, kwargs)
         for piece in self._engine().stream(
             to_engine_messages(messages), passages=passages, query=query, **self._overrides(stop, kwargs)
         ):
@@ -147,8 +164,8 @@ class ChatNest(NestParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        query = self._query(messages)
-        passages = await self._apassages(query, run_manager)
+        query = self._query(messages, kwargs)
+        passages = await self._apassages(query, run_manager, kwargs)
         engine = await self._aengine()
         result = await engine.agenerate(
             to_engine_messages(messages), passages=passages, query=query, **self._overrides(stop, kwargs)
@@ -162,8 +179,8 @@ class ChatNest(NestParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        query = self._query(messages)
-        passages = await self._apassages(query, run_manager)
+        query = self._query(messages, kwargs)
+        passages = await self._apassages(query, run_manager, kwargs)
         engine = await self._aengine()
         async for piece in engine.astream(
             to_engine_messages(messages), passages=passages, query=query, **self._overrides(stop, kwargs)

@@ -17,11 +17,13 @@ class NestEmbeddings(BaseModel, Embeddings):
 
     model: str = DEFAULT_EMBEDDER
     batch_size: int = 64
+    device: str | None = None
+    """torch device for the encoder ("cpu", "cuda", "cuda:1"); None: the embedder's default."""
     _embedder: Any = PrivateAttr(default=None)
 
     def _get(self) -> SentenceEmbedder:
         if self._embedder is None:
-            self._embedder = SentenceEmbedder(self.model)
+            self._embedder = SentenceEmbedder(self.model, device=self.device)
         return self._embedder
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

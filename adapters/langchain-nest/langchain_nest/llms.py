@@ -46,7 +46,7 @@ class NestLLM(NestParams, BaseLLM):
         overrides = self._overrides(stop, kwargs)
         generations = []
         for prompt in prompts:
-            passages = self._passages(prompt, run_manager)
+            passages = self._passages(prompt, run_manager, kwargs)
             generations.append([self._generation(self._engine().generate(prompt, passages=passages, **overrides))])
         return LLMResult(generations=generations)
 
@@ -61,7 +61,7 @@ class NestLLM(NestParams, BaseLLM):
         engine = await self._aengine()
         generations = []
         for prompt in prompts:
-            passages = await self._apassages(prompt, run_manager)
+            passages = await self._apassages(prompt, run_manager, kwargs)
             generations.append([self._generation(await engine.agenerate(prompt, passages=passages, **overrides))])
         return LLMResult(generations=generations)
 
@@ -72,7 +72,7 @@ class NestLLM(NestParams, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        passages = self._passages(prompt, run_manager)
+        passages = self._passages(prompt, run_manager, kwargs)
         for piece in self._engine().stream(prompt, passages=passages, **self._overrides(stop, kwargs)):
             chunk = self._chunk(piece)
             if run_manager:
@@ -86,7 +86,7 @@ class NestLLM(NestParams, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        passages = await self._apassages(prompt, run_manager)
+        passages = await self._apassages(prompt, run_manager, kwargs)
         engine = await self._aengine()
         async for piece in engine.astream(prompt, passages=passages, **self._overrides(stop, kwargs)):
             chunk = self._chunk(piece)

@@ -2,7 +2,8 @@
 
 ``documents_to_passages`` turns ``Document``s into scored passages (text, id, title, source
 and metadata kept for citations); ``LangChainPassageRetriever`` wraps any ``BaseRetriever``
-as a ``PassageRetriever`` for code that uses ``NestEngine`` directly.
+as a ``PassageRetriever`` for code that uses ``NestEngine`` directly, and
+``PassageRetrieverAdapter`` the other way round (an engine retriever as a ``BaseRetriever``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
@@ -29,7 +32,9 @@ def document_to_passage(doc: Document) -> Passage | None:
         log.debug("skipping a document with empty content: %r", doc.metadata)
         return None
     meta = json_safe(dict(doc.metadata or {}))
-    pid = doc.id or meta.get("id") or "doc-" + hashlib.sha1(text.encode()).hexdigest()[:16]
+    # Document.id, else the store's id in metadata (langchain-qdrant puts the point id in "_id").
+    stored_id = doc.id or meta.get("id") or meta.get("_id")
+    pid = stored_id or "doc-" + hashlib.sha1(text.encode()).hexdigest()[:16]
     source = meta.get("source")
     start = meta.get("start_index")  # set by LangChain text splitters with add_start_index=True
     has_start = isinstance(start, int) and not isinstance(start, bool) and start >= 0
@@ -70,3 +75,35 @@ class LangChainPassageRetriever:
 
     def retrieve(self, query: str, k: int) -> list[ScoredPassage]:
         return documents_to_passages(self.retriever.invoke(query))[:k]
+
+
+def passage_to_document(hit: ScoredPassage) -> Document:
+    """A ``Document`` that :func:`document_to_passage` turns back into the same passage and score."""
+    p = hit.passage
+    meta: dict[str, Any] = {**p.metadata, "title": p.title, "score": hit.score}
+    if p.document_id is not None:
+        meta["source"] = p.document_id
+    if p.start is not None:
+        meta["start_index"] = p.start
+    return Document(id=p.id, page_content=p.text, metadata=meta)
+
+
+def is_passage_retriever(obj: object) -> bool:
+    """True for an engine ``PassageRetriever`` (a ``retrieve(query, k)`` method) that is not a LangChain retriever."""
+    return not isinstance(obj, BaseRetriever) and callable(getattr(obj, "retrieve", None))
+
+
+class PassageRetrieverAdapter(BaseRetriever):
+    """An engine ``PassageRetriever`` (``retrieve(query, k) -> list[ScoredPassage]``, e.g. a
+    ``HybridRetriever`` or your own BM25) as a LangChain retriever of ``k`` documents.
+
+    ``ChatNest(retriever=...)`` wraps a plain ``PassageRetriever`` in this itself (``k=20``).
+    """
+
+    retriever: Any
+    """The engine retriever."""
+    k: int = 20
+    """Passages asked for per query."""
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return [passage_to_document(hit) for hit in self.retriever.retrieve(query, self.k)]

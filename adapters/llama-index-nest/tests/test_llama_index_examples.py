@@ -31,3 +31,12 @@ async def test_agent_workflow_example(capsys) -> None:
     result = await load("agent_workflow").main("Tell me about Robert Boulter.", max_articles=2, max_tokens=48)
     assert result["answer"] and result["citations"]
     assert all(result["answer"].find(c["quote"]) >= 0 for c in result["citations"])
+
+
+def test_synthesizer_and_chat_example(capsys) -> None:
+    query_answer, chat_answer = load("synthesizer_and_chat").main(
+        "Tell me about Robert Boulter.", max_articles=2, max_tokens=48
+    )
+    out = capsys.readouterr().out
+    assert query_answer and query_answer == chat_answer  # the first chat turn is the same question
+    assert out.count("[1] Robert Boulter (node ") == 2

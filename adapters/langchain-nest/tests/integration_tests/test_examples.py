@@ -21,3 +21,10 @@ def test_lcel_faiss_example_answers_with_citations(capsys) -> None:
     out = capsys.readouterr().out
     assert answer and answer in out
     assert "[1] Robert Boulter (Robert_Boulter#" in out
+
+
+def test_retrieval_chain_example_answers_with_citations(capsys) -> None:
+    answer = load("retrieval_chain").main("Tell me about Robert Boulter.", max_articles=3, max_tokens=48)
+    out = capsys.readouterr().out
+    assert answer and answer in out
+    assert "[1] Robert Boulter (Robert_Boulter#" in out

@@ -26,6 +26,14 @@ class TestChatNestIntegration(ChatModelIntegrationTests):
         return False
 
     @property
+    def has_tool_calling(self) -> bool:
+        return False  # bind_tools is overridden only to explain why NEST does not call tools
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
     def supports_json_mode(self) -> bool:
         return False
 

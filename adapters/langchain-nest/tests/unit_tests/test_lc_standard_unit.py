@@ -21,3 +21,11 @@ class TestChatNestUnit(ChatModelUnitTests):
     @property
     def supports_model_override(self) -> bool:
         return False
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False  # bind_tools is overridden only to explain why NEST does not call tools
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False

@@ -6,6 +6,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.llms.generic_utils import (
+    achat_to_completion_decorator,
+    astream_chat_to_completion_decorator,
+    chat_to_completion_decorator,
+    stream_chat_to_completion_decorator,
+)
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -17,7 +23,7 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field
+from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import QueryBundle
@@ -31,11 +37,12 @@ from nest_integrations import (
     default_config,
     shared_engine,
 )
-from nest_integrations.lm import DEFAULT_MODEL, EMBEDDED_MODEL_NAME, context_length_of
+from nest_integrations.call_options import engine_overrides, last_user_text
+from nest_integrations.lm import DEFAULT_MODEL, EMBEDDED_MODEL_NAME, context_length_of, normalize_messages
 
-from .retrievers import nodes_to_passages
+from .retrievers import as_llama_index_retriever, nodes_to_passages
 
-Prompt = str | list[dict[str, str]]
+Prompt = list[dict[str, str]]
 
 
 def _raw(result: NestResult) -> dict[str, Any]:
@@ -70,18 +77,29 @@ class NestLLM(CustomLLM):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     model: str = Field(default=DEFAULT_MODEL, description="'default' (embedded SmolLM2), an HF id or a local path.")
-    retriever: BaseRetriever | None = Field(default=None, description="First stage (any LlamaIndex retriever).")
+    retriever: BaseRetriever | None = Field(
+        default=None, description="First stage: a LlamaIndex retriever or a NEST PassageRetriever (retrieve(query, k))."
+    )
     nest_config: NestConfig | None = Field(
         default=None,
         description="NEST hyperparameters; None: the model's default (calibrated for the embedded model).",
     )
-    temperature: float = Field(default=0.0, ge=0.0, description="0: greedy; above 0: sampling at this temperature.")
+    temperature: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="None: nest_config decides (default: greedy); 0: greedy; above 0: sampling at this temperature.",
+    )
     max_tokens: int | None = Field(default=None, description="Maximum new tokens (default: nest_config's).")
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] | None = None
     device: str | None = None
     dtype: str | None = None
+
+    @field_validator("retriever", mode="before")
+    @classmethod
+    def _wrap_passage_retriever(cls, value: Any) -> Any:
+        return as_llama_index_retriever(value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -105,18 +123,16 @@ class NestLLM(CustomLLM):
         )
 
     def _overrides(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        # The model's own settings first; the fields and the call's arguments override them.
-        out: dict[str, Any] = self.nest_config.model_dump() if self.nest_config is not None else {}
-        stops = [*out.get("stop", []), *(self.stop or []), *(kwargs.get("stop") or [])]
-        out["stop"] = list(dict.fromkeys(stops))
-        if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
-            out["max_new_tokens"] = max_tokens
-        temperature = kwargs.get("temperature", self.temperature)
-        out.update(do_sample=True, temperature=temperature) if temperature else out.update(do_sample=False)
-        for name in ("top_p", "seed"):
-            if (value := kwargs.get(name, getattr(self, name))) is not None:
-                out[name] = value
-        return out
+        """The fields, then the call's keyword arguments, as engine overrides (see ``call_options``)."""
+        stops = [*(self.stop or []), *(kwargs.get("stop") or [])]
+        return engine_overrides(
+            nest_config=kwargs.get("nest_config", self.nest_config),
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            max_tokens=kwargs.get("max_tokens", self.max_tokens),
+            stop=stops or None,
+            seed=kwargs.get("seed", self.seed),
+        )
 
     def _passages(self, query: str, kwargs: dict[str, Any]) -> list[ScoredPassage] | None:
         """Passages given by the caller (``nest_passages``), else from the retriever, else None."""
@@ -128,10 +144,7 @@ class NestLLM(CustomLLM):
 
     @staticmethod
     def _query_of(prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        users = [m["content"] for m in prompt if m["role"] == "user" and m["content"].strip()]
-        return users[-1] if users else prompt[-1]["content"]
+        return last_user_text(normalize_messages(prompt))
 
     def _run(self, prompt: Prompt, kwargs: dict[str, Any]) -> NestResult:
         query = self._query_of(prompt)
@@ -170,42 +183,6 @@ class NestLLM(CustomLLM):
         for piece in self._engine().stream(prompt, passages=passages, query=query, **self._overrides(kwargs)):
             text += piece.text
             yield text, piece.text, piece.result
-
-    # Completion --------------------------------------------------------------------------------
-
-    def _completion(self, result: NestResult) -> CompletionResponse:
-        raw = _raw(result)
-        return CompletionResponse(text=result.text, raw=raw, additional_kwargs={"citations": raw["nest"]["citations"]})
-
-    def _completion_piece(self, text: str, delta: str, result: NestResult | None) -> CompletionResponse:
-        """A streamed completion: text so far and delta; the last one also carries raw and citations."""
-        response = self._completion(result) if result is not None else CompletionResponse(text=text)
-        response.text, response.delta = text, delta
-        return response
-
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return self._completion(self._run(prompt, kwargs))
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        def gen() -> CompletionResponseGen:
-            for text, delta, result in self._stream(prompt, kwargs):
-                yield self._completion_piece(text, delta, result)
-
-        return gen()
-
-    @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return self._completion(await self._arun(prompt, kwargs))
-
-    @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        async def gen() -> CompletionResponseAsyncGen:
-            async for text, delta, result in self._astream(prompt, kwargs):
-                yield self._completion_piece(text, delta, result)
-
-        return gen()
 
     # Chat (through the tokenizer's chat template) ------------------------------------------------
 
@@ -251,3 +228,22 @@ class NestLLM(CustomLLM):
                 yield self._chat_piece(text, delta, result)
 
         return gen()
+
+    # Completion, derived from chat (as LlamaIndex's own integrations do) ------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """``prompt`` as the user turn; ``raw["nest"]`` and ``additional_kwargs["citations"]`` as in chat."""
+        return chat_to_completion_decorator(self.chat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return stream_chat_to_completion_decorator(self.stream_chat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await achat_to_completion_decorator(self.achat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        return await astream_chat_to_completion_decorator(self.astream_chat)(prompt, **kwargs)

@@ -2,15 +2,24 @@
 
 ``NodeWithScore`` -> scored ``Passage`` (node id, text, metadata, ref doc id, score, and the
 node's char range in its document when LlamaIndex recorded it). Non-text nodes are skipped.
+``PassageRetrieverAdapter`` goes the other way: an engine ``PassageRetriever`` as a LlamaIndex retriever.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import (
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
 
 from nest_integrations import Passage, ScoredPassage
 from nest_integrations.passages.types import json_safe
@@ -61,3 +70,46 @@ class LlamaIndexPassageRetriever:
 
     def retrieve(self, query: str, k: int) -> list[ScoredPassage]:
         return nodes_to_passages(self.retriever.retrieve(QueryBundle(query)))[:k]
+
+
+def passage_to_node(hit: ScoredPassage) -> NodeWithScore:
+    """A text node that :func:`node_to_passage` turns back into the same passage (id, text, range)."""
+    p = hit.passage
+    relationships = {}
+    if p.document_id is not None:
+        relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=p.document_id)
+    node = TextNode(
+        id_=p.id,
+        text=p.text,
+        metadata={**p.metadata, "title": p.title},
+        start_char_idx=p.start,
+        end_char_idx=p.end,
+        relationships=relationships,
+    )
+    return NodeWithScore(node=node, score=hit.score)
+
+
+class PassageRetrieverAdapter(BaseRetriever):
+    """An engine ``PassageRetriever`` (``retrieve(query, k) -> list[ScoredPassage]``) as a LlamaIndex
+    retriever of ``k`` nodes. ``NestLLM`` / ``NestQueryEngine`` wrap a plain one in this themselves (k=20).
+    """
+
+    def __init__(self, retriever: Any, k: int = 20) -> None:
+        super().__init__()
+        self.passage_retriever, self.k = retriever, k
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return [passage_to_node(hit) for hit in self.passage_retriever.retrieve(query_bundle.query_str, self.k)]
+
+
+def as_llama_index_retriever(value: Any) -> Any:
+    """``value`` when it is None or a LlamaIndex retriever; an engine ``PassageRetriever`` wrapped in
+    :class:`PassageRetrieverAdapter`. Raises TypeError for anything else."""
+    if value is None or isinstance(value, BaseRetriever):
+        return value
+    if callable(getattr(value, "retrieve", None)):
+        return PassageRetrieverAdapter(value)
+    raise TypeError(
+        "retriever must be a LlamaIndex BaseRetriever (e.g. index.as_retriever()) or a NEST PassageRetriever "
+        f"(an object with retrieve(query, k) -> list[ScoredPassage]); got {type(value).__name__}."
+    )
