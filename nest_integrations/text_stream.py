@@ -11,6 +11,7 @@ import bisect
 import codecs
 import contextlib
 import random
+import re
 import unicodedata
 import weakref
 from collections.abc import Sequence
@@ -43,8 +44,12 @@ def joined(text: Chars, i: int) -> bool:
     return False
 
 
-def word_count(quote: str) -> int:
-    return len(quote.split())
+_WORD = re.compile(r"\w+(?:['’\-]\w+)*")  # "Nero's" and "pre-war" are one word each
+
+
+def word_count(text: str) -> int:
+    """Words in ``text``: runs of word characters, joined by an inner apostrophe or hyphen."""
+    return len(_WORD.findall(text))
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -5,7 +5,7 @@ Pure functions, no model. Definitions (used by ``nest bench``):
 
 - a *copy* is a copied span: an entry of ``result.citations`` or of ``result.fragments``
   (the decoder may list fragments there instead of citing them); a *substantive copy* has
-  two or more words (``\\w+`` runs of its quote), a *fragment* fewer;
+  two or more words (``text_stream.word_count``: "Nero's" is one word), a *fragment* fewer;
 - *sentences* of the output: split after ``.``, ``!`` or ``?`` followed by whitespace or the
   end of the text, and at every newline (so "St. Louis" splits: sentences come out short,
   which can only hide a splice across the split, never invent one); blank pieces are dropped;
@@ -29,14 +29,10 @@ from typing import Any
 
 from ..citations import Citation, NestResult
 from ..passages.types import Passage, ScoredPassage
+from ..text_stream import word_count
 
-_WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 MIN_SUBSTANTIVE_WORDS = 2
-
-
-def word_count(text: str) -> int:
-    return len(_WORD.findall(text))
 
 
 def is_fragment(citation: Citation) -> bool:
