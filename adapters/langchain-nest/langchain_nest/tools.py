@@ -8,7 +8,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
-from nest_integrations.citations import mark_citations
+from nest_integrations.formatting import format_with_sources
 
 from .chat_models import ChatNest
 
@@ -17,12 +17,7 @@ class GroundedAnswerInput(BaseModel):
     question: str = Field(description="The question to answer from the indexed documents.")
 
 
-def format_with_sources(text: str, citations: list[dict[str, Any]]) -> str:
-    """The answer with [n] after each cited span, then the numbered quotes and their sources."""
-    lines = [mark_citations(text, [c["output_end"] for c in citations]).strip()]
-    for n, c in enumerate(citations, 1):
-        lines.append(f'[{n}] {c.get("title") or c["passage_id"]}: "{c["quote"]}"')
-    return "\n".join(lines)
+__all__ = ["GroundedAnswerInput", "create_nest_tool", "format_with_sources"]
 
 
 def _content_and_artifact(msg: BaseMessage) -> tuple[str, dict[str, Any]]:
