@@ -7,7 +7,7 @@ of one forward over n draft tokens with a KV cache of ``--context`` tokens, agai
 decoding step (n = 1). NEST verifies a whole span in one forward, so when verifying n
 tokens costs little more than one step, accepted spans are almost free.
 (ii) The per-step cost of NEST's own work, the engine's code on random keys: squared-L2
-search for r = 1024 neighbours over 2,000 and 20,000 keys (``TokenIndex.search``), the k-NN
+search for r = 1024 neighbors over 2,000 and 20,000 keys (``TokenIndex.search``), the k-NN
 distribution over the vocabulary, Relative Retrieval Confidence and the mixture, for one
 position (a decoding step) and for 64 (verifying a span).
 
@@ -162,7 +162,7 @@ def main() -> None:
         "|---|---|---|---|",
         *[f"| {r['shape']} | {r['n']} | {r['ms']:.2f} | {r['x_one_step']:.2f} |" for r in verify],
         "",
-        "### (ii) NEST per-step work, r = 1024 neighbours, vocabulary 49,152",
+        "### (ii) NEST per-step work, r = 1024 neighbors, vocabulary 49,152",
         "",
         "| key dim | keys | positions | search ms | search + k-NN + RRC + mixture ms |",
         "|---|---|---|---|---|",

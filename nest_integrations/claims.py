@@ -21,7 +21,7 @@ from .token_index import EncodedPassage
 
 log = logging.getLogger(__name__)
 
-MIN_CLAIM_WORDS = 2  # a copy of fewer words is a fragment (issue 13's definition)
+MIN_CLAIM_WORDS = 2  # a copy of fewer words is a fragment, never listed as a source
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """NestConfig: every knob of the NEST algorithm in one validated object.
 
-The paper's knobs default to the official demo's values (see DESIGN.md). The guards this
-project adds against wrong-source copying (passage relevance, context guard) are on by
+The paper's knobs default to the official demo's values (NEST, Li et al. 2024, and the demo
+of its official code). The guards this project adds against wrong-source copying (passage relevance, context guard) are on by
 default, because they were measured to raise citation precision without costing quality
 or speed (benchmarks/RESULTS.md); ``NestConfig.paper()`` switches them off. An engine
 given no config uses the calibrated one shipped for its model, if any (:func:`default_config`).
@@ -32,7 +32,7 @@ class NestConfig(BaseModel):
     # First stage.
     num_passages: int = Field(20, ge=1, le=1000, description="b: passages taken from the first stage.")
     # Token index and k-NN distribution.
-    num_neighbors: int = Field(1024, ge=1, description="r: token neighbours per k-NN search.")
+    num_neighbors: int = Field(1024, ge=1, description="r: token neighbors per k-NN search.")
     knn_temperature: float | None = Field(
         None,
         gt=0,
@@ -63,7 +63,7 @@ class NestConfig(BaseModel):
             "'strict': speculative decoding's exact rule, output distribution equals p_M."
         ),
     )
-    # Guards against wrong-source copying (beyond the paper; see DESIGN.md and issue 7).
+    # Guards against wrong-source copying (beyond the paper; README: "Citations that point to the right source").
     min_passage_relevance: float = Field(
         0.5,
         ge=0.0,
@@ -97,7 +97,7 @@ class NestConfig(BaseModel):
         ge=0.0,
         le=10.0,
         description=(
-            "Weight each neighbour in p_kNN by its passage's relevance to this power (0: no prior, as in the paper)."
+            "Weight each neighbor in p_kNN by its passage's relevance to this power (0: no prior, as in the paper)."
         ),
     )
     context_guard: bool = Field(

@@ -19,7 +19,7 @@ from .config import NestConfig
 from .lm import LoadedLM
 from .mixture import knn_distribution, lm_distribution, mix, relative_retrieval_confidence
 from .sentence_lock import SentenceLock
-from .speculative import accepted_length, best_neighbour, relaxed_accepts, residual_distribution, strict_accepts
+from .speculative import accepted_length, best_neighbor, relaxed_accepts, residual_distribution, strict_accepts
 from .token_index import TokenIndex
 
 
@@ -196,7 +196,7 @@ class NestDecoder:
         return strict_accepts(q, draft, sample=self.cfg.do_sample, generator=self.generator)
 
     def _provenance_of(self, m: _Mixture, token: int) -> Provenance | None:
-        """Attribute a single emitted token to the nearest neighbour with that value,
+        """Attribute a single emitted token to the nearest neighbor with that value,
         when retrieval contributed most of its probability."""
         if self.index is None or m.nb_idx is None or m.p_knn is None:
             return None
@@ -259,15 +259,15 @@ class NestDecoder:
         return False
 
     def _searchable(self, m: _Mixture) -> torch.Tensor:
-        """Which of the first row's neighbours may still be used: found by the search, not masked since."""
+        """Which of the first row's neighbors may still be used: found by the search, not masked since."""
         if self.index is None or m.nb_idx is None or m.nb_found is None:
             raise RuntimeError("_searchable needs a k-NN search result")  # callers check first
         keys = m.nb_idx[0]
         return m.nb_found[0] & ~self.index.masked[keys]
 
     def _propose(self, m: _Mixture) -> tuple[int, int] | None:
-        """Dynamic span selection: when lambda < beta, the span after the best neighbour (in a
-        locked sentence: the locked run's continuation, the only neighbour left)."""
+        """Dynamic span selection: when lambda < beta, the span after the best neighbor (in a
+        locked sentence: the locked run's continuation, the only neighbor left)."""
         if self.index is None or m.nb_idx is None or float(m.lam[0]) >= self.cfg.beta:
             return None
         if self.lock is not None and (self.lock.lm_only or self.lock.locked is not None):
@@ -285,7 +285,7 @@ class NestDecoder:
         keys = keys[allowed]
         if not keys.numel():
             return None
-        key = int(keys[best_neighbour(m.p_mix[0], self.index.values[keys])])
+        key = int(keys[best_neighbor(m.p_mix[0], self.index.values[keys])])
         return int(self.index.key_passage[key]), int(self.index.key_position[key]) + 1
 
     def _draft_tokens(self, passage: int, start: int, budget: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Pure math of NEST's token-level mixture: k-NN distribution, Relative Retrieval Confidence, mixture.
 
-Tensors in, tensors out; no model, no index. Equations follow DESIGN.md (NEST, Li et al. 2024,
-Sec. 3.1 and the official code): distances are squared L2, scores are -distance.
+Tensors in, tensors out; no model, no index. Equations follow NEST (Li et al. 2024, Sec. 3.1,
+and its official code): distances are squared L2, scores are -distance.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 def knn_distribution(
     distances: torch.Tensor, values: torch.Tensor, vocab_size: int, temperature: float
 ) -> torch.Tensor:
-    """p_kNN(w) = sum over neighbours j with value w of softmax(-d_j / temperature).
+    """p_kNN(w) = sum over neighbors j with value w of softmax(-d_j / temperature).
 
-    distances: (..., r) squared L2 distances of the r neighbours; values: (..., r) their next tokens.
-    Returns (..., vocab_size). Neighbours with infinite distance get zero weight.
+    distances: (..., r) squared L2 distances of the r neighbors; values: (..., r) their next tokens.
+    Returns (..., vocab_size). Neighbors with infinite distance get zero weight.
     """
     weights = torch.softmax(-distances.float() / temperature, dim=-1)
     weights = torch.nan_to_num(weights, nan=0.0)
@@ -26,10 +26,10 @@ def knn_distribution(
 
 
 def relative_retrieval_confidence(distances: torch.Tensor, alpha: float, tau: float) -> torch.Tensor:
-    """lambda = sigmoid((d_nearest / d_farthest - alpha) / tau) over the r neighbours.
+    """lambda = sigmoid((d_nearest / d_farthest - alpha) / tau) over the r neighbors.
 
     distances: (..., r), sorted or not. Small lambda means the retriever is confident.
-    Returns (...,). With one neighbour or zero distance the ratio is taken as 1 (not confident)
+    Returns (...,). With one neighbor or zero distance the ratio is taken as 1 (not confident)
     unless the nearest distance is exactly zero, where it is 0 (an exact match).
     """
     d = distances.float()

@@ -2,7 +2,7 @@
 
 NEST's token search matches hidden states, which encode syntax more than topic: after
 "Robert Boulter is an" the nearest keys can be "Clayton Kershaw is an ..." in another
-article (issue 7). The passage relevance computed here lets the decoder leave passages that
+article. The passage relevance computed here lets the decoder leave passages that
 the query is not about out of the token search. Two signals, both relative to the best
 passage of the same query:
 

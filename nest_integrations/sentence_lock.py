@@ -1,4 +1,4 @@
-"""The splice rule (issue 13): within one output sentence, copies continue a single source run.
+"""The splice rule: within one output sentence, copies continue a single source run.
 
 Once a copy of two or more words has been made from a source position, the rest of the
 sentence may only continue that run: the k-NN distribution holds only the run's next
@@ -16,7 +16,7 @@ import torch
 
 from .citations import Provenance
 
-MIN_LOCK_WORDS = 2  # a substantive copy (issue 13): two or more words
+MIN_LOCK_WORDS = 2  # a substantive copy: two or more words
 
 
 @dataclass

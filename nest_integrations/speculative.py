@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 
 
-def best_neighbour(p_mix: torch.Tensor, neighbour_values: torch.Tensor) -> int:
-    """Index (into the neighbour list) of the neighbour whose next token has the highest p_M.
+def best_neighbor(p_mix: torch.Tensor, neighbor_values: torch.Tensor) -> int:
+    """Index (into the neighbor list) of the neighbor whose next token has the highest p_M.
 
-    p_mix: (V,); neighbour_values: (r,) sorted nearest first, so ties go to the nearest.
+    p_mix: (V,); neighbor_values: (r,) sorted nearest first, so ties go to the nearest.
     """
-    return int(torch.argmax(p_mix[neighbour_values.long()]).item())
+    return int(torch.argmax(p_mix[neighbor_values.long()]).item())
 
 
 def relaxed_accepts(p_mix: torch.Tensor, draft: torch.Tensor, gamma: float) -> torch.Tensor:

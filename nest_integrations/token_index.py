@@ -1,7 +1,7 @@
 """NEST's second stage: token-level keys/values from the LM over the retrieved passages.
 
-The key of position t is ``hidden_states[-2]`` at t, its value the token at t+1 (DESIGN.md,
-step 2). ``PassageEncoder`` encodes each passage once per process (LRU cache bounded in bytes,
+The key of position t is ``hidden_states[-2]`` at t, its value the token at t+1 (NEST,
+Li et al. 2024, Sec. 3.1). ``PassageEncoder`` encodes each passage once per process (LRU cache bounded in bytes,
 optionally backed by keys on disk: ``KeyStore``); ``TokenIndex`` holds one query's keys and
 answers squared-L2 k-NN searches with copied positions masked out. No decoding here.
 """

@@ -17,7 +17,7 @@ def test_knn_distribution_sums_softmax_weights_per_value_token() -> None:
     assert p.sum() == pytest.approx(1.0)
 
 
-def test_knn_distribution_ignores_masked_neighbours() -> None:
+def test_knn_distribution_ignores_masked_neighbors() -> None:
     p = knn_distribution(torch.tensor([[1.0, math.inf]]), torch.tensor([[0, 1]]), vocab_size=2, temperature=1.0)
     assert p.tolist() == [[1.0, 0.0]]
 
@@ -27,7 +27,7 @@ def test_rrc_is_sigmoid_of_nearest_over_farthest() -> None:
     lam = relative_retrieval_confidence(d, alpha=0.3, tau=0.1)
     expected = [1 / (1 + math.exp(-(0.2 - 0.3) / 0.1)), 1 / (1 + math.exp(-(0.9 - 0.3) / 0.1))]
     assert lam.tolist() == pytest.approx(expected)
-    # A close nearest neighbour relative to the farthest means confident retrieval: small lambda.
+    # A close nearest neighbor relative to the farthest means confident retrieval: small lambda.
     assert lam[0] < 0.5 < lam[1]
 
 

@@ -4,7 +4,7 @@ from scipy.stats import chisquare
 
 from nest_integrations.speculative import (
     accepted_length,
-    best_neighbour,
+    best_neighbor,
     relaxed_accepts,
     residual_distribution,
     strict_accepts,
@@ -26,10 +26,10 @@ def test_accepted_length_stops_at_first_rejection() -> None:
     assert accepted_length(torch.tensor([False])) == 0
 
 
-def test_best_neighbour_picks_highest_mixture_value_nearest_on_ties() -> None:
+def test_best_neighbor_picks_highest_mixture_value_nearest_on_ties() -> None:
     p = torch.tensor([0.1, 0.5, 0.4])
-    assert best_neighbour(p, torch.tensor([2, 1, 1, 0])) == 1
-    assert best_neighbour(p, torch.tensor([0, 2, 2])) == 1
+    assert best_neighbor(p, torch.tensor([2, 1, 1, 0])) == 1
+    assert best_neighbor(p, torch.tensor([0, 2, 2])) == 1
 
 
 def test_strict_greedy_accepts_only_argmax() -> None:

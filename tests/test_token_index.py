@@ -55,7 +55,7 @@ def test_search_matches_brute_force_and_respects_mask(lm, boulter_passages) -> N
     expected = brute.topk(10, largest=False)
     # Both ||q||^2 - 2qk + ||k||^2 and cdist cancel float32 terms of size ||q||^2 + ||k||^2 (~1e6 for
     # this model's states), so near zero they agree only to a few float32 ulps of that size;
-    # neighbours lie ~1e5 apart, so ranks are unaffected.
+    # neighbors lie ~1e5 apart, so ranks are unaffected.
     scale = float((queries**2).sum(-1).max() + index.key_sq_norms.max())
     atol = 8 * torch.finfo(torch.float32).eps * scale
     torch.testing.assert_close(dist, expected.values, atol=atol, rtol=1e-3)

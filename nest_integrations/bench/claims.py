@@ -1,4 +1,4 @@
-"""Claim-level quality of a cited answer (issue 13): spliced sentences, fragment citations and
+"""Claim-level quality of a cited answer: spliced sentences, fragment citations and
 the share of the output that is verbatim-supported, from a ``NestResult`` and its passages.
 
 Pure functions, no model. Definitions (used by ``nest bench``):

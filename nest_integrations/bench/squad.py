@@ -1,4 +1,4 @@
-"""SQuAD v1.1 QA task (issue 13): plain LM, in-context RAG and NEST answer real questions over
+"""SQuAD v1.1 QA task: plain LM, in-context RAG and NEST answer real questions over
 the SQuAD dev paragraphs indexed as documents; answer containment, token F1, citation
 precision (article, paragraph), first-stage recall@k, latency and the claim metrics.
 

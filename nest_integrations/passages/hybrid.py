@@ -22,7 +22,7 @@ from .stopwords import stopwords
 from .types import Passage, ScoredPassage
 
 INDEX_FORMAT_VERSION = 2
-# GPU FAISS selects at most this many neighbours per search; larger k searches the CPU copy.
+# GPU FAISS selects at most this many neighbors per search; larger k searches the CPU copy.
 GPU_FAISS_MAX_K = 2048
 _BM25_TOKEN = re.compile(r"\w+", re.UNICODE)
 

@@ -38,7 +38,7 @@ class NestParams(BaseModel):
     ``PassageRetriever`` (``retrieve(query, k)``; wrapped in a ``PassageRetrieverAdapter`` asking for
     20 passages). None: no retrieval."""
     nest_config: NestConfig | None = None
-    """NEST hyperparameters (alpha, tau, beta, gamma, span window, neighbours, ...). None: the
+    """NEST hyperparameters (alpha, tau, beta, gamma, span window, neighbors, ...). None: the
     model's default (the calibrated config shipped for the embedded model, else the paper's)."""
     temperature: float | None = None
     """None: ``nest_config`` decides (default: greedy). 0: greedy. Above 0: sampling at this temperature."""

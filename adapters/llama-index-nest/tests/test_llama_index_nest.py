@@ -75,7 +75,7 @@ def test_query_engine_cites_multi_token_spans_of_the_right_nodes(engine, llm, do
     check_citations(response, documents)
     multi = [c for c in response.metadata["citations"] if len(llm._engine().lm.tokenizer(c["quote"])["input_ids"]) > 1]
     assert multi
-    # Which article a span comes from is issue 7's concern (passage-aware k-NN); with dense-only
+    # Which article a span comes from is the relevance guards' concern (passage-aware k-NN); with dense-only
     # retrieval some of the 20 nodes come from other articles and NEST may copy from them.
     assert response.metadata["nest_stats"]["attribution_ratio"] > 0
 
