@@ -2,9 +2,9 @@
 
 The paper's knobs default to the official demo's values (NEST, Li et al. 2024, and the demo
 of its official code). The guards this project adds against wrong-source copying (passage
-relevance, context guard) and against spliced claims (sentence lock) are on by default, because they were measured to raise citation precision without costing quality
-or speed (benchmarks/RESULTS.md); ``NestConfig.paper()`` switches them off. An engine
-given no config uses the calibrated one shipped for its model, if any (:func:`default_config`).
+relevance, context guard) and against spliced claims (sentence lock) are on by default;
+``NestConfig.paper()`` switches them off (figures in benchmarks/RESULTS.md). An engine given
+no config uses the calibrated one shipped for its model, if any (:func:`default_config`).
 This module holds configuration only; the math lives in ``mixture.py`` and ``speculative.py``.
 """
 
