@@ -158,10 +158,14 @@ class GrowingText:
                 i += self._length
             if not 0 <= i < self._length:
                 raise IndexError(i)
-            return self[i : i + 1]
-        start, stop, _ = i.indices(self._length)
+            start, stop = i, i + 1
+        else:
+            start, stop, _ = i.indices(self._length)
         if stop <= start:
             return ""
+        if self._offsets and start >= self._offsets[-1]:  # recent text: the last piece alone
+            last = self._offsets[-1]
+            return self._pieces[-1][start - last : stop - last]
         first = bisect.bisect_right(self._offsets, start) - 1
         parts = []
         k = first

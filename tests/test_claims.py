@@ -206,3 +206,22 @@ def test_a_word_made_of_copies_from_two_places_is_claimed_once() -> None:
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(claims)), claims
     # Neither copy may claim the other's text: the word is claimed by neither.
     assert [c.quote for c in tracker.citations] == ["is an"] and tracker.fragments == []
+
+
+def test_growing_text_reads_like_the_string_it_holds() -> None:
+    import random
+
+    from nest_integrations.text_stream import GrowingText
+
+    rng = random.Random(0)
+    grown, plain = GrowingText(), ""
+    for _ in range(200):
+        piece = "".join(rng.choice("ab é😀\n") for _ in range(rng.randrange(0, 4)))
+        grown.append(piece)
+        plain += piece
+        a, b = sorted(rng.randrange(0, len(plain) + 2) for _ in range(2))
+        assert grown[a:b] == plain[a:b] and len(grown) == len(plain)
+        if plain:
+            i = rng.randrange(-len(plain), len(plain))
+            assert grown[i] == plain[i]
+    assert str(grown) == plain

@@ -119,3 +119,24 @@ def test_grounded_only_answers_as_usual_when_a_source_covers_the_query(engine) -
 
 def test_grounded_only_is_off_by_default_and_in_the_paper_config() -> None:
     assert NestConfig().grounded_only is False and NestConfig.paper().sentence_lock is False
+
+
+@pytest.mark.parametrize("byte_table", [True, False])
+def test_incremental_text_equals_a_full_decode(lm, byte_table) -> None:
+    import random
+
+    from nest_integrations.text_stream import IncrementalDetokenizer
+
+    tok = lm.tokenizer
+    seeded = tok("Zoë e\u0301 😀 Nero's 2001.\n\nOK", add_special_tokens=False)["input_ids"]
+    rng = random.Random(1)
+    for ids in [seeded, *([rng.randrange(len(tok)) for _ in range(40)] for _ in range(20))]:
+        detok = IncrementalDetokenizer(tok)
+        if not byte_table:
+            detok._bytes = None  # the path for tokenizers that are not byte-level BPE
+        for start in range(0, len(ids), 3):
+            detok.put(ids[start : start + 3])
+        detok.flush()
+        expected = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert str(detok.text) == expected
+        assert detok.committed == len(ids) and detok.ends[-1] == len(expected)
