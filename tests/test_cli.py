@@ -16,7 +16,7 @@ def reuse_model(monkeypatch, lm):
 def test_ask_json_has_the_documented_fields(reuse_model, capsys, corpus_retriever) -> None:
     assert cli.main(["ask", "Tell me about Robert Boulter.", "--json", "--max-new-tokens", "32"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) >= {"text", "citations", "stats", "finish_reason"}
+    assert set(out) >= {"text", "citations", "fragments", "stats", "finish_reason"}
     assert out["citations"]
     assert set(out["citations"][0]) == {
         "output_start",
@@ -31,6 +31,7 @@ def test_ask_json_has_the_documented_fields(reuse_model, capsys, corpus_retrieve
         "document_end",
         "score",
         "metadata",
+        "also_in",
     }
     assert set(out["stats"]) >= {
         "attribution_ratio",
