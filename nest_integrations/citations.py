@@ -73,14 +73,18 @@ class NestResult(BaseModel):
     """A generated answer with its citations and statistics.
 
     ``citations`` are claim-level: each is one verbatim slice of one source of two or more
-    words (adjacent copies contiguous in the source merged). Copies of fewer words are
-    ``fragments``: counted in ``stats.attribution_ratio``, never listed as sources.
+    words (adjacent copies contiguous in the source merged) that starts where its source
+    sentence starts or after the same word as in its source. Other copies are ``fragments``
+    (under two words, or entering a source sentence after a different subject): counted in
+    ``stats.attribution_ratio``, never listed as sources.
     ``finish_reason`` is ``"abstain"`` when grounded-only mode found no source for the query.
     """
 
     text: str
     citations: list[Citation] = Field(default_factory=list)
-    fragments: list[Citation] = Field(default_factory=list, description="Copies of fewer than two words.")
+    fragments: list[Citation] = Field(
+        default_factory=list, description="Copies not listed as sources: under two words, or an odd entry point."
+    )
     stats: NestStats = Field(default_factory=NestStats)
     finish_reason: FinishReason = "length"
     passages: list[ScoredPassage] = Field(default_factory=list, description="What the first stage returned.")

@@ -11,6 +11,7 @@ O(1) amortised, so streaming stays linear. Decoding is not done here.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -153,15 +154,16 @@ class ClaimTracker:
         added (a stop string cut it): claims reaching past its end are cut at a word boundary."""
         if self._open is not None:
             self._close(text)
-        kept: list[Citation] = []
-        for c in [*self.citations, *self.fragments]:
-            if c.output_end <= len(text):
-                kept.append(c)
-            elif c.output_start < len(text) and (short := _cut(text, c)) is not None:
-                kept.append(short)
+        citations, fragments = self.citations, self.fragments
         self.citations, self.fragments = [], []
-        for c in sorted(kept, key=_order):
-            self._file(c)
+        for c in citations:
+            short = c if c.output_end <= len(text) else _cut(text, c) if c.output_start < len(text) else None
+            if short is not None:
+                self._file(short)
+        for c in fragments:  # fragments stay fragments (short, or entering their source oddly)
+            short = c if c.output_end <= len(text) else _cut(text, c) if c.output_start < len(text) else None
+            if short is not None:
+                self.fragments.append(short)
 
     def _file(self, cit: Citation) -> None:
         (self.citations if word_count(cit.quote) >= MIN_CLAIM_WORDS else self.fragments).append(cit)
@@ -185,7 +187,23 @@ class ClaimTracker:
         snapped = snap(text, p.text, run.out_start, o1, run.src_start, s1, self._closed_end, hi)
         if snapped is None:
             return None
-        o0, o1, s0, s1 = snapped
+        o0, o1, s0, s1 = _drop_dangling_sentence_start(text, *snapped)
+        if any(joined(t, i) for t, i in ((text, o0), (text, o1), (p.text, s0), (p.text, s1))):
+            return None  # still inside a word or grapheme cluster (limits kept it from growing): not a quote
+        if not _enters_like_its_source(text, o0, p.text, s0):
+            # Its first sentence misstates the subject; the sentences after it start as in the source.
+            first_break = _SENTENCE_BREAK.search(text[o0:o1])
+            cut = o0 + first_break.end() if first_break else o1
+            self.fragments.append(self._citation(text, run, o0, cut, s0, s0 + (cut - o0)))
+            rest = text[cut:o1]
+            cut += len(rest) - len(rest.lstrip())
+            if word_count(text[cut:o1]) < MIN_CLAIM_WORDS:
+                return None
+            o0, s0 = cut, s0 + (cut - o0)
+        return self._citation(text, run, o0, o1, s0, s1)
+
+    def _citation(self, text: Chars, run: _Run, o0: int, o1: int, s0: int, s1: int) -> Citation:
+        p = self.passages[run.passage].passage
         doc_start = p.start + s0 if p.start is not None else None
         return Citation(
             output_start=o0,
@@ -214,6 +232,37 @@ class ClaimTracker:
                 if same_document and q.start is not None and q.end is not None:
                     ids += [q.id] if q.start <= doc_start and doc_start + length <= q.end else []
         return ids
+
+
+_SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")
+_LAST_WORD = re.compile(r"(\w+(?:['’\-]\w+)*)\W*$")
+
+
+def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: int) -> tuple[int, int, int, int]:
+    """A claim that runs into a new sentence by under two words ("... boobies. The") ends at the
+    sentence end: the new sentence did not go on as in the source, so its first word is not cited."""
+    quote = text[o0:o1]
+    breaks = list(_SENTENCE_BREAK.finditer(quote))
+    if breaks and 0 < word_count(quote[breaks[-1].end() :]) < MIN_CLAIM_WORDS:
+        cut = breaks[-1].end()
+        return o0, o0 + cut, s0, s0 + cut
+    return o0, o1, s0, s1
+
+
+def _previous_word(text: Chars, end: int) -> str | None:
+    """The word before char ``end`` within its sentence (None at a sentence start)."""
+    before = text[max(0, end - 200) : end]
+    if not before.strip() or before.rstrip()[-1:] in (".", "!", "?") or before.rstrip(" \t")[-1:] == "\n":
+        return None
+    m = _LAST_WORD.search(before)
+    return m.group(1).lower() if m else None
+
+
+def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int) -> bool:
+    """A claim starts where its source sentence starts, or after the same word as in its source:
+    "Vitellius used 'Nero' as a surname", copied from "Otho used ...", is not cited."""
+    source_word = _previous_word(src, s0)
+    return source_word is None or source_word == _previous_word(out, o0)
 
 
 def _order(c: Citation) -> tuple[int, int]:

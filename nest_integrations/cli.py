@@ -54,9 +54,11 @@ def _quiet_library_warnings() -> None:
 def _ask(args: argparse.Namespace) -> int:
     from .builder import build_engine, check_options
     from .errors import InvalidPromptError
+    from .lm import normalize_messages
 
     if not args.question.strip():
         raise InvalidPromptError("The question is empty; give a non-empty question.")
+    normalize_messages(args.question)  # invisible-only or invalid Unicode: exit 2 before any loading
     options = _options(
         args,
         retrieval=not args.no_retrieval,

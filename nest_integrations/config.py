@@ -122,7 +122,7 @@ class NestConfig(BaseModel):
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="Sampling temperature applied to p_M.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**64 - 1, description="Sampling seed (torch's generator range).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the output).")
     retrieval: bool = Field(True, description="False decodes with the plain LM (no first stage, no k-NN).")
     grounded_only: bool = Field(

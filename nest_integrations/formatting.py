@@ -49,7 +49,7 @@ def format_answer(result: NestResult) -> str:
     """
     parts = [format_with_sources(result.text, result.citations, locations=True, heading="Sources:")]
     s = result.stats
-    if s.passages and not s.passages_searched:
+    if s.passages and not s.passages_searched and not s.abstained:
         parts.append("\n(No retrieved passage is about the query: answered by the model alone, nothing cited.)")
     parts.append(
         f"\n{s.tokens_generated} tokens, {s.tokens_copied} copied ({s.attribution_ratio:.0%}), "

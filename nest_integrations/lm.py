@@ -13,10 +13,11 @@ import importlib.util
 import re
 import sys
 import threading
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ConfigError, InvalidPromptError, ModelNotFoundError
 
@@ -363,15 +364,33 @@ def load_tokenizer(model: str = DEFAULT_MODEL) -> Any:
 
 def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
     """Accept a plain prompt or chat messages; validate and return messages."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+        messages = [dict(m) for m in cast("Sequence[Mapping[str, str]]", prompt)]
+    else:
+        raise InvalidPromptError(
+            f"The prompt must be a string or a list of chat messages, got {type(prompt).__name__}."
+        )
     if not messages:
         raise InvalidPromptError("The prompt is empty: give a non-empty string or at least one message.")
     for m in messages:
         if not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
             raise InvalidPromptError(f"Each message needs string 'role' and 'content' fields, got {m!r}.")
-    if not any(m["content"].strip() for m in messages):
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidPromptError(
+                f"The prompt is not valid Unicode (a lone surrogate at char {e.start}); pass UTF-8 text."
+            ) from e
+    if not any(_visible(m["content"]) for m in messages):
         raise InvalidPromptError("The prompt is empty: give a non-empty string or at least one message.")
     return messages
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character other than whitespace and invisible format/control ones."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc") for c in text)
 
 
 def last_user_text(messages: Sequence[Message]) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Literal
 
@@ -44,9 +45,14 @@ def relative_scores(scores: Sequence[float]) -> torch.Tensor:
     return (s - s.min()) / spread if spread > 0 else torch.ones_like(s)
 
 
+def _words(text: str) -> list[str]:
+    """Words of ``text``, NFC-normalised first: "Re\u0301noir" (decomposed) is the word "Rénoir"."""
+    return _WORD.findall(unicodedata.normalize("NFC", text))
+
+
 def _terms(text: str) -> set[str]:
     stop = stopwords()
-    return {w for w in _WORD.findall(text.lower()) if w not in stop}
+    return {w for w in _words(text.lower()) if w not in stop}
 
 
 def query_term_overlap(query: str, passages: Sequence[Passage]) -> torch.Tensor:
@@ -82,7 +88,7 @@ def key_terms(query: str) -> set[str]:
     stop = stopwords()
     terms: set[str] = set()
     for sentence in _SENTENCE_END.split(query.strip()):
-        for i, word in enumerate(_WORD.findall(sentence)):
+        for i, word in enumerate(_words(sentence)):
             name = i > 0 and word[0].isupper()
             if (name or any(c.isdigit() for c in word)) and word.lower() not in stop:
                 terms.add(word.lower())
@@ -101,7 +107,7 @@ def source_coverage(query: str, passages: Sequence[Passage]) -> float | None:
     found: dict[str, set[str]] = {}
     for i, p in enumerate(passages):
         words = found.setdefault(_source(i, p), set())
-        words.update(w for w in _WORD.findall(f"{p.title} {p.text}".lower()) if w in wanted)
+        words.update(w for w in _words(f"{p.title} {p.text}".lower()) if w in wanted)
     return max((len(w) / len(wanted) for w in found.values()), default=0.0)
 
 

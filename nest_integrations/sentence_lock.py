@@ -66,7 +66,9 @@ class SentenceLock:
         elif not self.broken:
             self._extend_run(token, provenance)
         if bool(self.sentence_end[token]):
-            self.locked, self.broken, self._run = None, False, None
+            # A lock whose run goes on across the sentence end stays: the next sentence continues
+            # the same source verbatim, or the LM leaves it and finishes that sentence alone.
+            self.broken, self._run = False, None
 
     def _extend_run(self, token: int, provenance: Provenance | None) -> None:
         if provenance is None:

@@ -225,3 +225,55 @@ def test_growing_text_reads_like_the_string_it_holds() -> None:
             i = rng.randrange(-len(plain), len(plain))
             assert grown[i] == plain[i]
     assert str(grown) == plain
+
+
+def test_a_claim_entering_a_source_sentence_after_another_subject_is_not_cited() -> None:
+    source = "Otho used Nero as a surname and reerected many statues."
+    pieces = ["O", "tho", " used", " Nero", " as", " a", " surname", " and", " reerected", " many", " statues", "."]
+    out = [("Vitellius", None)] + [(p, i) for i, p in enumerate(pieces) if i >= 2]
+    _, tracker = _track(source, pieces, out)
+    assert tracker.citations == []
+    assert [c.quote for c in tracker.fragments] == ["used Nero as a surname and reerected many statues."]
+    _, same = _track(source, pieces, [("Otho", None), *out[1:]])
+    assert [c.quote for c in same.citations] == ["used Nero as a surname and reerected many statues."]
+
+
+def test_a_claim_does_not_end_with_the_first_word_of_a_sentence_that_went_elsewhere() -> None:
+    source = "It keeps boobies. The nocturnal house opened in 1960."
+    pieces = ["It", " keeps", " boobies", ".", " The", " nocturnal", " house", " opened", " in", " 1960", "."]
+    _, tracker = _track(source, pieces, [(p, i) for i, p in enumerate(pieces[:5])] + [(" zoo closed", None)])
+    assert [c.quote for c in tracker.citations] == ["It keeps boobies."]
+
+
+def test_a_lock_carries_across_a_sentence_end_its_run_continues() -> None:
+    lock = _lock([[10, 11, 19, 12, 13]])
+    lock.observe(10, Provenance(0, 0, 1.0))
+    lock.observe(11, Provenance(0, 1, 1.0))
+    lock.observe(19, Provenance(0, 2, 1.0))  # the source's sentence end, copied
+    assert lock.continuation() == (0, 3, 12)  # the next sentence must go on as the source does
+    lock.observe(14, None)  # or the LM finishes it alone
+    assert lock.lm_only
+
+
+def test_after_a_misstated_first_sentence_the_next_source_sentence_is_still_cited() -> None:
+    source = "Boulter is an English actor. He had a role in The Bill."
+    pieces = [
+        "Boulter",
+        " is",
+        " an",
+        " English",
+        " actor",
+        ".",
+        " He",
+        " had",
+        " a",
+        " role",
+        " in",
+        " The",
+        " Bill",
+        ".",
+    ]
+    out = [("Boulter is a British", None)] + [(p, i) for i, p in enumerate(pieces) if i >= 4]
+    _, tracker = _track(source, pieces, out)
+    assert [c.quote for c in tracker.citations] == ["He had a role in The Bill."]
+    assert [c.quote for c in tracker.fragments] == ["actor."]
