@@ -235,6 +235,7 @@ class ClaimTracker:
 
 
 _SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")
+_WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*")
 _LAST_WORD = re.compile(r"(\w+(?:['’\-]\w+)*)\W*$")
 
 
@@ -250,23 +251,26 @@ def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: in
 
 
 def _previous_word(text: Chars, end: int) -> str | None:
-    """The word before char ``end`` within its sentence (None at a sentence start)."""
+    """The word before char ``end`` within its sentence, as written (None at a sentence start)."""
     before = text[max(0, end - 200) : end]
     if not before.strip() or before.rstrip()[-1:] in (".", "!", "?") or before.rstrip(" \t")[-1:] == "\n":
         return None
     m = _LAST_WORD.search(before)
-    return m.group(1).lower() if m else None
+    return m.group(1) if m else None
 
 
 def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int) -> bool:
-    """A claim starts where its source sentence starts, or after the same word as in its source:
-    "Vitellius used 'Nero' as a surname", copied from "Otho used ...", is not cited."""
+    """A claim that follows a name or number in its source sentence follows one the source
+    sentence has (the same subject): "Vitellius used 'Nero' as a surname", copied from "Otho
+    used ...", is not cited; "Kershaw has played" from "Kershaw, who has played" is."""
     source_word = _previous_word(src, s0)
-    return source_word is None or source_word == _previous_word(out, o0)
-
-
-def _order(c: Citation) -> tuple[int, int]:
-    return c.output_start, c.output_end
+    if source_word is None or not (source_word[0].isupper() or any(c.isdigit() for c in source_word)):
+        return True  # a sentence start, or after a common word: no subject to swap
+    word = _previous_word(out, o0)
+    if word is None:
+        return False
+    start = max((src.rfind(end, 0, s0) for end in (". ", "! ", "? ", "\n")), default=-1) + 1
+    return word.lower() in {w.lower() for w in _WORD_RE.findall(src[start:s0])}
 
 
 def _cut(text: Chars, c: Citation) -> Citation | None:

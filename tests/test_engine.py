@@ -215,7 +215,8 @@ def test_paper_settings_do_copy_from_the_wrong_article_here(lm, three_articles) 
     """The regression test above is not vacuous: without the guards the wrong source is cited."""
     paper = NestConfig.paper()
     result = NestEngine(lm, config=paper).generate("Tell me about Robert Boulter.", passages=three_articles)
-    assert any(c.document_id != "Robert_Boulter" for c in result.citations)
+    # (Copies: the claim layer may still decline to cite some of them.)
+    assert any(c.document_id != "Robert_Boulter" for c in result.citations + result.fragments)
 
 
 @pytest.mark.slow
@@ -223,7 +224,8 @@ def test_context_guard_starts_spans_only_after_agreeing_left_context(lm, three_a
     from nest_integrations.decoding import NestDecoder
     from nest_integrations.token_index import PassageEncoder, TokenIndex
 
-    config = NestConfig(context_guard=True, max_new_tokens=96)
+    # The sentence lock's continuations are not new entries: test the guard on its own.
+    config = NestConfig(context_guard=True, sentence_lock=False, max_new_tokens=96)
     index = TokenIndex(PassageEncoder(lm).encode(three_articles), lm.device)
     decoder = NestDecoder(lm, config, index)
     prompt = build_prompt_ids(lm.tokenizer, normalize_messages("Tell me about Du Fu."))
