@@ -17,6 +17,7 @@ from .errors import (
     InvalidPromptError,
     ModelNotFoundError,
     NestError,
+    OutputPathError,
     PromptTooLongError,
     UnreadableFileError,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "NestError",
     "NestResult",
     "NestStats",
+    "OutputPathError",
     "Passage",
     "PassageRetriever",
     "PromptTooLongError",

@@ -8,12 +8,13 @@ the first stage, and attaches the on-disk key store so passages are encoded once
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, IndexNotFoundError
+from .errors import ConfigError, IndexNotFoundError, OutputPathError
 
 if TYPE_CHECKING:
     from .config import NestConfig
@@ -46,12 +47,39 @@ class EngineOptions:
 
 def check_index(directory: Path) -> None:
     """Raise :class:`IndexNotFoundError` unless ``directory`` holds a passage index."""
+    if directory.exists() and not directory.is_dir():
+        raise IndexNotFoundError(f"{directory} is a file, not an index directory; build one with `nest index`.")
     if not directory.is_dir():
         raise IndexNotFoundError(f"Index directory {directory} does not exist; build one with `nest index`.")
     if not (directory / "meta.json").is_file():
         raise IndexNotFoundError(
             f"{directory} is not a NEST passage index (no meta.json); build one with `nest index`."
         )
+
+
+def check_output_dir(directory: Path, what: str = "the output directory") -> None:
+    """Raise :class:`OutputPathError` unless ``directory`` is, or can be created as, a writable directory."""
+    if directory.exists() and not directory.is_dir():
+        raise OutputPathError(f"{what} {directory} is an existing file; give a directory (new or existing).")
+    _check_parents(directory, what)
+
+
+def check_output_file(path: Path, what: str = "the output file") -> None:
+    """Raise :class:`OutputPathError` unless a file can be written at ``path`` (new or replaced)."""
+    if path.is_dir():
+        raise OutputPathError(f"{what} {path} is a directory; give a file name, e.g. {path / 'config.json'}.")
+    _check_parents(path, what)
+
+
+def _check_parents(path: Path, what: str) -> None:
+    """The nearest existing ancestor of ``path`` (or ``path`` itself) must be a writable directory."""
+    existing = path if path.is_dir() else next((p for p in path.absolute().parents if p.exists()), None)
+    if existing is None:  # pragma: no cover - the root always exists
+        return
+    if not existing.is_dir():
+        raise OutputPathError(f"{what} {path} cannot be created: {existing} is a file, not a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {path} cannot be written: no write permission in {existing}.")
 
 
 def check_options(options: EngineOptions) -> NestConfig | None:
@@ -71,6 +99,8 @@ def check_options(options: EngineOptions) -> NestConfig | None:
         check_index(options.index)
     config = None
     if options.config is not None:
+        if options.config.is_dir():
+            raise ConfigError(f"Config file {options.config} is a directory; give a NestConfig JSON file.")
         if not options.config.is_file():
             raise ConfigError(f"Config file {options.config} does not exist.")
         try:

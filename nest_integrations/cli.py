@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported when a command runs, so `nest --help` starts in a fraction of a second
     from .builder import EngineOptions
     from .citations import NestResult
+    from .config import NestConfig
 
 
 def _options(args: argparse.Namespace, **extra: Any) -> EngineOptions:
@@ -104,6 +105,9 @@ def _index(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"No such file or directory: {', '.join(missing)}")
+    from .builder import check_output_dir
+
+    check_output_dir(args.out, "--out")  # before any model loads: an existing file cannot hold an index
     from .corpus import read_documents
     from .index import build_index
     from .lm import check_device, check_model
@@ -171,12 +175,14 @@ def _mcp(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench.run import run_benchmark
-    from .builder import check_options
+    from .builder import check_options, check_output_dir
 
-    if args.squad:
-        return _bench_squad(args)
+    check_output_dir(args.out, "--out")
     config = check_options(_options(args, key_store=False))
+    if args.squad:
+        return _bench_squad(args, config)
+    from .bench.run import run_benchmark
+
     rows = run_benchmark(
         args.out,
         completion=None if args.full else args.completion,
@@ -194,9 +200,8 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_squad(args: argparse.Namespace) -> int:
+def _bench_squad(args: argparse.Namespace, config: NestConfig | None) -> int:
     from .bench.squad import run_squad
-    from .config import NestConfig
 
     rows = run_squad(
         args.out,
@@ -204,7 +209,7 @@ def _bench_squad(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
         model=args.model,
-        config=NestConfig.from_file(args.config) if args.config else None,
+        config=config,
         squad_dir=args.squad_dir,
     )
     print((args.out / "squad.md").read_text(encoding="utf-8"))
@@ -213,6 +218,9 @@ def _bench_squad(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from .builder import check_output_file
+
+    check_output_file(args.out, "--out")  # before a calibration of minutes, not after it
     from .bench.calibrate import calibrate, held_in_prompts, write_calibration
     from .builder import build_engine, check_options
     from .config import NestConfig

@@ -38,3 +38,8 @@ class IndexNotFoundError(NestError, FileNotFoundError):
 
 class CorruptStoreError(NestError, ValueError):
     """A passage index or key store on disk is truncated, corrupt, or of another format or model."""
+
+
+class OutputPathError(NestError, ValueError):
+    """An output path cannot be written as asked: an existing file where a directory goes (or the
+    reverse), a file among its parent directories, or a directory without write permission."""

@@ -48,7 +48,14 @@ def build_index(
     embedder: SentenceEmbedder | None = None,
     progress: bool = True,
 ) -> HybridRetriever:
-    """Chunk ``docs`` into passages, index them (dense + BM25) and save to ``directory`` if given."""
+    """Chunk ``docs`` into passages, index them (dense + BM25) and save to ``directory`` if given.
+
+    Raises :class:`OutputPathError` before any work when ``directory`` cannot be a directory.
+    """
+    if directory is not None:
+        from .builder import check_output_dir
+
+        check_output_dir(Path(directory), "the index directory")
     passages = chunk_documents(docs, tokenizer=tokenizer, max_tokens=max_tokens)
     retriever = HybridRetriever(passages, embedder=embedder, progress=progress)
     if directory is not None:

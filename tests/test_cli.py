@@ -137,6 +137,36 @@ def test_bad_arguments_exit_2_with_one_line_before_loading_anything(args, messag
     assert heavy == []  # rejected before torch, transformers or the index libraries were imported
 
 
+def test_path_arguments_of_the_wrong_kind_exit_2_before_loading_anything(tmp_path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("The Zorblax reactor was commissioned in 1987.")
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("not a directory")
+    docs = str(tmp_path / "docs")
+    cases = [
+        (["index", docs, "--out", str(a_file)], f"--out {a_file} is an existing file"),
+        (["index", docs, "--out", str(a_file / "idx")], f"cannot be created: {a_file} is a file"),
+        (["ask", "hi", "--index", str(a_file)], f"{a_file} is a file, not an index directory"),
+        (["ask", "hi", "--config", str(tmp_path)], f"Config file {tmp_path} is a directory"),
+        (["bench", "--out", str(a_file)], f"--out {a_file} is an existing file"),
+        (["calibrate", "--out", str(tmp_path)], f"--out {tmp_path} is a directory"),
+    ]
+    for args, message in cases:
+        code, err, heavy = _run_cli(*args)
+        assert code == 2, (args, err)
+        assert err.count("\n") == 0 and err.startswith(f"nest {args[0]}: error: ") and message in err, (args, err)
+        assert heavy == [], (args, heavy)
+    assert a_file.read_text() == "not a directory"
+
+
+def test_build_index_refuses_an_existing_file_as_its_directory(tmp_path) -> None:
+    from nest_integrations import Document, OutputPathError, build_index
+
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(OutputPathError, match="is an existing file"):
+        build_index([Document(id="d", text="Some text.")], tmp_path / "taken", progress=False)
+
+
 def test_a_directory_that_is_not_an_index_or_a_model_is_rejected(tmp_path) -> None:
     code, err, heavy = _run_cli("ask", "hi", "--index", str(tmp_path))
     assert code == 2 and "is not a NEST passage index (no meta.json)" in err and heavy == []
