@@ -144,16 +144,34 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_extra(command: str, extra: str, modules: Sequence[str]) -> None:
+    """Raise :class:`MissingExtraError` naming ``extra`` when one of ``modules`` cannot be imported."""
+    import importlib
+
+    from .errors import MissingExtraError
+
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name.partition(".")[0])
+    if missing:
+        raise MissingExtraError(
+            f"`nest {command}` needs {', '.join(dict.fromkeys(missing))}, not installed: "
+            f'pip install "nest-integrations[{extra}]"'
+        )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import os
+
+    _require_extra("serve", "serve", ["fastapi", "uvicorn"])  # before any model loads
+    import uvicorn
 
     from .builder import build_engine, check_options
     from .server.openai_api import ServerLimits, create_app
 
-    try:
-        import uvicorn
-    except ImportError as e:
-        raise RuntimeError('`nest serve` needs the "serve" extra: pip install "nest-integrations[serve]"') from e
     options = _options(args, key_store=False)
     check_options(options)
     engine = build_engine(options)
@@ -165,6 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _mcp(args: argparse.Namespace) -> int:
+    _require_extra("mcp", "serve", ["mcp.server.mcpserver"])  # before any model loads
     from .builder import build_engine, check_options
     from .server.mcp_server import create_mcp_server
 

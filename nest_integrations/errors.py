@@ -43,3 +43,7 @@ class CorruptStoreError(NestError, ValueError):
 class OutputPathError(NestError, ValueError):
     """An output path cannot be written as asked: an existing file where a directory goes (or the
     reverse), a file among its parent directories, or a directory without write permission."""
+
+
+class MissingExtraError(NestError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""

@@ -167,6 +167,24 @@ def test_build_index_refuses_an_existing_file_as_its_directory(tmp_path) -> None
         build_index([Document(id="d", text="Some text.")], tmp_path / "taken", progress=False)
 
 
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [("serve", "fastapi"), ("serve", "uvicorn"), ("mcp", "mcp.server.mcpserver")],
+)
+def test_serve_and_mcp_without_the_serve_extra_exit_2_naming_it(monkeypatch, capsys, command, module) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed: importing it fails
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded although the extra is missing")
+
+    monkeypatch.setattr("nest_integrations.builder.check_options", no_loading)
+    monkeypatch.setattr("nest_integrations.lm.load_lm", no_loading)
+    assert cli.main([command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"nest {command}: error: ")
+    assert module.partition(".")[0] in err and 'pip install "nest-integrations[serve]"' in err
+
+
 def test_a_directory_that_is_not_an_index_or_a_model_is_rejected(tmp_path) -> None:
     code, err, heavy = _run_cli("ask", "hi", "--index", str(tmp_path))
     assert code == 2 and "is not a NEST passage index (no meta.json)" in err and heavy == []

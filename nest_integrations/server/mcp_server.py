@@ -11,7 +11,7 @@ from typing import Any
 
 from ..call_options import engine_overrides
 from ..engine import NestEngine
-from ..errors import NestError
+from ..errors import MissingExtraError, NestError
 
 MAX_TOKENS = 512
 MAX_PASSAGES = 50
@@ -23,7 +23,7 @@ def create_mcp_server(engine: NestEngine) -> Any:
         from mcp.server.mcpserver import MCPServer
         from mcp.server.mcpserver.exceptions import ToolError
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError('The MCP server needs the "serve" extra: pip install "nest-integrations[serve]"') from e
+        raise MissingExtraError('The MCP server needs the "serve" extra: pip install "nest-integrations[serve]"') from e
 
     server = MCPServer(
         name="nest",
