@@ -77,9 +77,10 @@ class AnswerAssembler:
         self._released = safe
         return chunk
 
-    def _feed_claims(self, committed: int) -> None:
+    def _feed_claims(self, committed: int, dropped: int = 0) -> None:
+        """Give the claims the last ``committed`` tokens, but the ``dropped`` ones (no text) at their end."""
         d = self.detok
-        for i in range(d.committed - committed, d.committed):
+        for i in range(d.committed - committed, d.committed - dropped):
             self.claims.add(d.text, self.provenance[i], d.starts[i], d.ends[i])
 
     def _final_citations(self, limit: int) -> list[Citation]:
@@ -95,7 +96,7 @@ class AnswerAssembler:
 
     def finish(self) -> tuple[str, list[int], list[Provenance | None]]:
         """End of output: the final text (cut at a stop string), its tokens and their provenance."""
-        self._feed_claims(self.detok.flush())
+        self._feed_claims(self.detok.flush(), self.detok.dropped)  # a cut character's tokens cite nothing
         d = self.detok
         text, tokens, provenance = str(d.text), d.tokens, self.provenance
         if self.stop_at is None:

@@ -179,8 +179,11 @@ class IncrementalDetokenizer:
     """Decodes a growing token sequence; ``text`` only ever grows, each token gets a char range.
 
     ``str(text)`` equals ``tokenizer.decode(tokens, skip_special_tokens=True)`` once
-    :meth:`flush` has run. A token that ends inside a multi-byte character stays pending until the character
-    is complete; the tokens of that character then share one char range.
+    :meth:`flush` has run, except at the very end: when the output stops inside a multi-byte
+    character (``max_new_tokens`` cut it), that character's bytes are dropped instead of being
+    decoded as U+FFFD; its tokens (``dropped``) get an empty char range at the end of ``text``.
+    A token that ends inside a multi-byte character stays pending until the character is
+    complete; the tokens of that character then share one char range.
     """
 
     def __init__(self, tokenizer: Any) -> None:
@@ -192,6 +195,7 @@ class IncrementalDetokenizer:
         self.starts: list[int] = []  # char range of each committed token in ``text``
         self.ends: list[int] = []
         self.committed = 0  # how many tokens have their text in ``text``
+        self.dropped = 0  # last tokens whose unfinished character flush() dropped (they are committed)
         self._prefix = 0  # the decode window starts at this token (a little before ``committed``)
         self._prefix_text = ""  # decode(tokens[_prefix:committed])
 
@@ -213,13 +217,29 @@ class IncrementalDetokenizer:
         return self.committed - before
 
     def flush(self) -> int:
-        """Commit whatever is pending (the output has ended); returns how many tokens that was."""
+        """Commit whatever is pending (the output has ended); returns how many tokens that was.
+
+        Pending tokens that end inside a character (the output was cut there) are committed
+        with no text, and counted in ``dropped``: the text never ends in a U+FFFD of a cut character.
+        """
         before = self.committed
         if self._bytes is not None:
-            self._append(self._utf8.decode(b"", final=True), final=True)
+            # The decoder holds only the bytes of an unfinished character: all the pending tokens are its.
+            if self._utf8.decode(b"", final=True):
+                self._drop_pending()
         elif len(self.tokens) > self.committed:
-            self._try_commit(len(self.tokens), force=True)
+            # Every pending token left the text ending in U+FFFD (else it was committed): the tokens of an
+            # unfinished character (without their bytes, a real invalid byte among them cannot be told apart).
+            window = self._decode(self.tokens[self._prefix :])
+            if window.startswith(self._prefix_text) and window.endswith("\ufffd"):
+                self._drop_pending()
+            else:
+                self._try_commit(len(self.tokens), force=True)
         return self.committed - before
+
+    def _drop_pending(self) -> None:
+        self.dropped = len(self.tokens) - self.committed
+        self._commit("", self.dropped)
 
     def _append(self, new: str, *, final: bool = False) -> None:
         """Byte path: ``new`` completes the pending tokens (an unfinished character yields "")."""

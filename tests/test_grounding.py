@@ -138,5 +138,8 @@ def test_incremental_text_equals_a_full_decode(lm, byte_table) -> None:
             detok.put(ids[start : start + 3])
         detok.flush()
         expected = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        assert str(detok.text) == expected
-        assert detok.committed == len(ids) and detok.ends[-1] == len(expected)
+        text = str(detok.text)
+        # Ids ending inside a character: it is dropped, not shown as U+FFFD (tests/test_text_stream.py).
+        dropped = expected[len(text) :]
+        assert text == expected or (detok.dropped and expected.startswith(text) and set(dropped) == {"\ufffd"})
+        assert detok.committed == len(ids) and detok.ends[-1] == len(text)
