@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CALIBRATED_DIR = Path(__file__).parent / "data" / "calibrated"
 
@@ -123,7 +123,10 @@ class NestConfig(BaseModel):
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="Sampling temperature applied to p_M.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**64 - 1, description="Sampling seed (torch's generator range).")
-    stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the output).")
+    stop: list[str] = Field(
+        default_factory=list,
+        description="Stop strings (not included in the output); one string is a list of one, as in transformers.",
+    )
     retrieval: bool = Field(True, description="False decodes with the plain LM (no first stage, no k-NN).")
     grounded_only: bool = Field(
         False,
@@ -133,6 +136,16 @@ class NestConfig(BaseModel):
             "finish_reason is 'abstain' and stats.abstained is True."
         ),
     )
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: Any) -> Any:
+        """``stop="\\n"`` is ``stop=["\\n"]``; items must be strings (no bytes, no numbers)."""
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)) and not all(isinstance(s, str) for s in value):
+            raise ValueError(f"stop takes a string or a list of strings, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _check_stop(self) -> NestConfig:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from nest_integrations import NestConfig, default_config
 from nest_integrations.config import calibration_file
 from nest_integrations.lm import EMBEDDED_MODEL_NAME
@@ -31,3 +33,22 @@ def test_models_without_calibration_get_the_defaults(tmp_path) -> None:
     plain = tmp_path / "plain.json"
     NestConfig(alpha=0.25).to_file(plain)
     assert NestConfig.from_file(plain).alpha == 0.25
+
+
+def test_a_single_stop_string_is_a_list_of_one() -> None:
+    assert NestConfig(stop="\n").stop == ["\n"]
+    assert NestConfig(stop=["\n", "END"]).stop == ["\n", "END"]
+    assert NestConfig(stop=("END",)).stop == ["END"]
+    assert NestConfig.model_validate({"stop": "END"}).stop == ["END"]
+
+
+def test_a_per_call_stop_string_is_accepted_and_non_strings_are_config_errors() -> None:
+    from nest_integrations import ConfigError, NestEngine
+
+    engine = NestEngine.__new__(NestEngine)  # call_config needs the config alone, not a model
+    engine.config = NestConfig(stop=["END"])
+    assert engine.call_config(stop="\n").stop == ["\n"]
+    assert engine.call_config(stop=["\n", "\n\n"]).stop == ["\n", "\n\n"]
+    for bad in ([1], ["ok", None], [b"\n"], "", [""]):
+        with pytest.raises(ConfigError, match="stop"):
+            engine.call_config(stop=bad)

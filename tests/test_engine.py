@@ -110,6 +110,8 @@ def test_stop_string_truncates_output_and_citations(engine, documents) -> None:
     assert stopped.text == full.text[:cut] and stopped.finish_reason == "stop"
     assert_citations_exact(stopped, documents)
     assert all(c.output_end <= cut for c in stopped.citations)
+    one = engine.generate("Tell me about Robert Boulter.", max_new_tokens=64, stop=" in ")  # a str: a list of one
+    assert one.text == stopped.text and one.finish_reason == "stop"
 
 
 @pytest.mark.slow
