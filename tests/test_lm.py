@@ -3,8 +3,14 @@ import importlib.util
 
 import pytest
 
-from nest_integrations import ModelNotFoundError
-from nest_integrations.lm import build_prompt_ids, choose_dtype, find_embedded_gguf, normalize_messages
+from nest_integrations import InvalidPromptError, ModelNotFoundError
+from nest_integrations.lm import (
+    build_prompt_ids,
+    choose_dtype,
+    find_embedded_gguf,
+    load_tokenizer,
+    normalize_messages,
+)
 
 
 def test_embedded_model_is_found_without_importing_its_package() -> None:
@@ -47,3 +53,25 @@ def test_prompt_uses_the_tokenizer_chat_template(lm) -> None:
 def test_empty_or_malformed_prompts_are_rejected(bad) -> None:
     with pytest.raises(ValueError, match=r"empty|need"):
         normalize_messages(bad)
+
+
+@pytest.mark.parametrize("role", ["wizard", "User", "ipython", ""])
+def test_an_unknown_message_role_is_rejected_naming_the_allowed_ones(role) -> None:
+    with pytest.raises(InvalidPromptError, match=r"Unknown message role .*system, user, assistant, tool"):
+        normalize_messages([{"role": role, "content": "hi"}])
+
+
+def test_openai_roles_are_accepted_and_its_other_names_mapped() -> None:
+    sent = [
+        {"role": "developer", "content": "Answer briefly."},
+        {"role": "user", "content": "Who was Nero?"},
+        {"role": "assistant", "content": "Let me look."},
+        {"role": "tool", "content": "Nero was a Roman emperor."},
+        {"role": "function", "content": "AD 54-68."},
+    ]
+    messages = normalize_messages(sent)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool"]
+    assert sent[0]["role"] == "developer"  # the caller's messages are not modified
+    tokenizer = load_tokenizer()
+    prompt = tokenizer.decode(build_prompt_ids(tokenizer, messages))
+    assert "<|im_start|>system\nAnswer briefly." in prompt and "<|im_start|>tool\nAD 54-68." in prompt
