@@ -46,7 +46,7 @@ class NestEngine:
         config: NEST hyperparameters; per-call overrides are keyword arguments of ``generate``.
             None: the calibrated config shipped for the model if there is one (the embedded
             model has one), else the paper's defaults (see :func:`default_config`).
-        key_store: a directory of precomputed passage keys (see ``KeyStore.build``).
+        key_store: a directory of precomputed passage keys (see ``KeyStore.build``), or an open ``KeyStore``.
 
     Example:
         >>> engine = NestEngine(retriever=default_retriever())  # doctest: +SKIP
@@ -62,7 +62,7 @@ class NestEngine:
         *,
         device: str | None = None,
         dtype: str | None = None,
-        key_store: str | Path | None = None,
+        key_store: str | Path | KeyStore | None = None,
         max_cache_bytes: int = 1 << 30,
     ) -> None:
         self.lm = model if isinstance(model, LoadedLM) else load_lm(model, device=device, dtype=dtype)
@@ -70,7 +70,7 @@ class NestEngine:
             retriever = StaticRetriever(list(retriever))
         self.retriever = retriever
         self.config = config or default_config(self.lm.name)
-        store = KeyStore.open(key_store, model=self.lm.name) if key_store is not None else None
+        store = KeyStore.for_model(key_store, self.lm.name) if key_store is not None else None
         self.encoder = PassageEncoder(self.lm, max_cache_bytes=max_cache_bytes, key_store=store)
         self._lock = threading.Lock()  # one generation at a time: the model is shared
 

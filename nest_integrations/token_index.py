@@ -376,6 +376,24 @@ class KeyStore:
         return cls(d, stored_model, stored_dim, writable=writable)
 
     @classmethod
+    def for_model(cls, store: KeyStore | str | Path, model: str) -> KeyStore:
+        """``store`` itself when it is an open store, else the store in that directory (read-only).
+
+        Raises CorruptStoreError when it holds the keys of another model than ``model``, and
+        what :meth:`open` raises for a directory.
+        """
+        from .errors import CorruptStoreError
+
+        if not isinstance(store, KeyStore):
+            return cls.open(store, model=model)
+        if store.model != model:
+            raise CorruptStoreError(
+                f"The key store in {store.directory} holds keys of model {store.model!r}, not {model!r}; "
+                "open or build one for this model."
+            )
+        return store
+
+    @classmethod
     def build(
         cls, encoder: PassageEncoder, passages: Sequence[Passage], directory: str | Path, *, progress: bool = True
     ) -> KeyStore:

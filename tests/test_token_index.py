@@ -107,6 +107,22 @@ def test_writable_key_store_keeps_new_encodings_for_the_next_process(tmp_path, l
     assert len(list(where.glob("part-*"))) == 2
 
 
+def test_engine_takes_an_open_key_store_or_its_directory(tmp_path, lm, boulter_passages) -> None:
+    from nest_integrations import NestEngine
+
+    where = tmp_path / "keys"
+    store = KeyStore.open(where, model=lm.name, dim=lm.hidden_size, writable=True)
+    engine = NestEngine(lm, key_store=store)
+    assert engine.encoder.key_store is store  # used as it is: still writable
+    engine.encoder.encode(boulter_passages[:2])
+    assert len(store) == 2
+    from_directory = NestEngine(lm, key_store=where).encoder.key_store
+    assert from_directory is not None and len(from_directory) == 2 and not from_directory.writable
+    other = KeyStore.open(tmp_path / "other", model="someone/other-model", dim=lm.hidden_size, writable=True)
+    with pytest.raises(CorruptStoreError, match="holds keys of model 'someone/other-model'"):
+        NestEngine(lm, key_store=other)
+
+
 def _one_part(tmp_path, lm, passages) -> tuple[Path, Path]:
     where = tmp_path / "keys"
     KeyStore.build(PassageEncoder(lm), passages, where, progress=False)
