@@ -1,8 +1,9 @@
 """Load on `nest serve`: N concurrent chat requests against a real server process on loopback.
 
-Usage: python benchmarks/server_load.py [--requests 50] [--max-tokens 32] [--max-queue 8]
+Usage: python benchmarks/server_load.py [--requests 50] [--max-tokens 32] [--max-batch 8] [--max-queue 64]
+    [--queue-timeout 300]
 Reports completed / 429 / 503 / other, p50 and p95 latency of completed requests, and the
-server's peak RSS. Bounded: every request has a 120 s timeout, and the server is stopped.
+server's peak RSS. Bounded: every request has a 600 s timeout, and the server is stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--max-queue", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--queue-timeout", type=float, default=300.0)
     args = parser.parse_args()
 
     with socket.socket() as s:
@@ -39,6 +42,10 @@ def main() -> None:
         str(port),
         "--max-queue",
         str(args.max_queue),
+        "--max-batch",
+        str(args.max_batch),
+        "--queue-timeout",
+        str(args.queue_timeout),
     ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -71,7 +78,7 @@ def main() -> None:
 
         def call(_: int) -> tuple[int, float]:
             t = time.perf_counter()
-            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
             return r.status_code, time.perf_counter() - t
 
         with ThreadPoolExecutor(max_workers=args.requests) as pool:
@@ -82,7 +89,8 @@ def main() -> None:
         done = sorted(t for c, t in results if c == 200)
         healthy = httpx.get(f"{url}/health").json()["status"]
         print(
-            f"{args.requests} requests at once (max_tokens {args.max_tokens}, queue {args.max_queue}): "
+            f"{args.requests} requests at once (max_tokens {args.max_tokens}, batch {args.max_batch}, "
+            f"queue {args.max_queue}): "
             f"{codes.count(200)} completed, {codes.count(429)} x 429, {codes.count(503)} x 503, "
             f"{len(codes) - codes.count(200) - codes.count(429) - codes.count(503)} other; "
             f"p50 {statistics.median(done):.2f}s p95 {done[int(0.95 * (len(done) - 1))]:.2f}s; "

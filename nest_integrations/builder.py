@@ -32,6 +32,7 @@ class EngineOptions:
     model's own default), with ``overrides`` (NestConfig fields) on top. ``key_store``: keep
     passage keys on disk next to the index (True), in memory only (False), or in this directory.
     ``progress``: progress bars on stderr while building the index or encoding passages.
+    ``max_batch``: requests decoded together (continuous batching; 1: one at a time).
     """
 
     model: str = "default"
@@ -43,6 +44,7 @@ class EngineOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
     key_store: bool | Path = True
     progress: bool = False
+    max_batch: int = 1
 
 
 def check_index(directory: Path) -> None:
@@ -113,6 +115,8 @@ def check_options(options: EngineOptions) -> NestConfig | None:
             NestConfig.model_validate({**base.model_dump(), **options.overrides})
         except ValueError as e:
             raise ConfigError(one_line(e)) from e
+    if options.max_batch < 1:
+        raise ConfigError(f"max_batch must be >= 1, got {options.max_batch}.")
     check_device(options.device)
     check_model(options.model)
     return config
@@ -160,7 +164,7 @@ def build_engine(options: EngineOptions, *, lm: LoadedLM | None = None, config: 
     if options.overrides:
         base = NestConfig.model_validate({**base.model_dump(), **options.overrides})
     retriever, index_dir = build_retriever(options, loaded)
-    engine = NestEngine(loaded, retriever=retriever, config=base)
+    engine = NestEngine(loaded, retriever=retriever, config=base, max_batch=options.max_batch)
     engine.encoder.progress = options.progress
     where: Path | None = None
     if isinstance(options.key_store, Path):

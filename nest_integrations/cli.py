@@ -41,8 +41,8 @@ class _DropMessage(logging.Filter):
 
 def _quiet_library_warnings() -> None:
     """Warnings a user of `nest` cannot act on (they are the library's to fix), hidden narrowly."""
-    # transformers 5 logs (once) that the decoder's `past_key_values=` argument and output field
-    # are deprecated in favour of `cache` (nest_integrations/decoding.py, the KV-cache owner).
+    # transformers 5 logs (once) that a model's `past_key_values=` argument is deprecated in favour
+    # of `cache` (our step model passes `cache=`; older model code and `generate` may still log it).
     logging.getLogger("transformers.utils.generic").addFilter(_DropMessage("`past_key_values`/`cache_params`"))
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*past_key_values.*")
     # transformers: sampling-only fields of the model's generation config unused by greedy decoding.
@@ -170,12 +170,17 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .builder import build_engine, check_options
+    from .errors import ConfigError
     from .server.openai_api import ServerLimits, create_app
 
-    options = _options(args, key_store=False)
+    options = _options(args, key_store=False, max_batch=args.max_batch)
     check_options(options)
+    if args.max_queue < 0 or not args.queue_timeout > 0 or args.max_tokens_limit < 1:
+        raise ConfigError("--max-queue must be >= 0, --queue-timeout > 0 and --max-tokens-limit >= 1.")
     engine = build_engine(options)
-    limits = ServerLimits(max_tokens=args.max_tokens_limit, max_waiting=args.max_queue)
+    limits = ServerLimits(
+        max_tokens=args.max_tokens_limit, max_waiting=args.max_queue, queue_timeout_s=args.queue_timeout
+    )
     app = create_app(engine, api_key=args.api_key or os.environ.get("NEST_API_KEY"), limits=limits)
     # uvicorn finishes in-flight requests on SIGTERM/SIGINT, up to the graceful timeout.
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.graceful_timeout)
@@ -331,7 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require this bearer token (default: $NEST_API_KEY, else none)")
     serve.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
-    serve.add_argument("--max-queue", type=int, default=8, help="requests that may wait; more get 429")
+    serve.add_argument(
+        "--max-batch", type=int, default=8, help="requests decoded together (continuous batching); 1: one at a time"
+    )
+    serve.add_argument("--max-queue", type=int, default=8, help="requests that may wait beyond the batch; more get 429")
+    serve.add_argument(
+        "--queue-timeout", type=float, default=60.0, help="seconds a request may wait for the batch; then 503"
+    )
     serve.add_argument("--graceful-timeout", type=int, default=30, help="seconds to finish in-flight requests")
     serve.add_argument("--config", type=Path, help="a NestConfig JSON file (default: the model's own)")
     _device_args(serve)

@@ -184,6 +184,26 @@ def calibration_file(model_name: str) -> Path:
     return CALIBRATED_DIR / f"{model_name.replace('/', '--')}.json"
 
 
+def with_overrides(config: NestConfig, overrides: dict[str, Any]) -> NestConfig:
+    """``config`` with per-call ``overrides`` (NestConfig fields) applied and validated.
+
+    Raises:
+        ConfigError: an unknown field or a value out of range (``option`` names the first).
+    """
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+
+    if not overrides:
+        return config
+    try:
+        return NestConfig.model_validate({**config.model_dump(), **overrides})
+    except ValidationError as e:
+        first = e.errors()[0]
+        option = str(first["loc"][0]) if first["loc"] else None
+        raise ConfigError(str(e), option=option, reason=str(first["msg"])) from e
+
+
 def default_config(model_name: str) -> NestConfig:
     """The config an engine uses when given none: the calibrated one shipped for the model
     (``nest calibrate`` output, see ``data/calibrated/``), else the paper's defaults."""

@@ -1,14 +1,17 @@
-"""The generation loop: one KV cache, span proposals from the token index, verification in one forward.
+"""The generation loop of one sequence: span proposals from the token index, verification in one forward.
 
-Yields ``DecodeStep`` events (tokens with their provenance); text, stop strings and
-citations are built from them by ``streaming.py``. The splice rule's state lives in
-``sentence_lock.py``; the math in ``mixture.py`` and ``speculative.py``. Batch size 1.
+``NestDecoder.steps`` is a generator that yields two kinds of events: a ``Forward`` (the LM
+forward it needs next; the caller sends back its ``StepOutput``) and a ``DecodeStep`` (tokens
+appended to the output, with their provenance). It never calls the model, so one step model
+can serve many decoders at once (``batching.py``); ``run`` drives one decoder alone. Text,
+stop strings and citations are built from the steps by ``streaming.py``; the splice rule's
+state lives in ``sentence_lock.py``; the math in ``mixture.py`` and ``speculative.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +23,7 @@ from .lm import LoadedLM
 from .mixture import knn_distribution, lm_distribution, mix, relative_retrieval_confidence
 from .sentence_lock import SentenceLock
 from .speculative import accepted_length, best_neighbor, relaxed_accepts, residual_distribution, strict_accepts
+from .step_model import Forward, SingleStepModel, StepModel, StepOutput
 from .token_index import TokenIndex
 
 
@@ -36,33 +40,6 @@ class DecodeCounters:
     spans_proposed: int = 0
     accepted_spans: list[int] = field(default_factory=list)  # accepted length of each span with >= 1 token
     finish_reason: Literal["length", "eos"] = "length"
-
-
-class _LMRunner:
-    """Owns the KV cache: forward new tokens, roll back to a length. Nothing else touches the cache."""
-
-    def __init__(self, lm: LoadedLM, need_hidden: bool) -> None:
-        self.lm = lm
-        self.need_hidden = need_hidden
-        self.cache: Any = None
-        self.length = 0
-
-    @torch.inference_mode()
-    def forward(self, token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (n, V) and second-to-last-layer hidden states (n, D) for the new tokens."""
-        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.lm.device)
-        out = self.lm.model(
-            input_ids=ids, past_key_values=self.cache, use_cache=True, output_hidden_states=self.need_hidden
-        )
-        self.cache = out.past_key_values
-        self.length += len(token_ids)
-        hidden = out.hidden_states[-2][0] if self.need_hidden else None
-        return out.logits[0], hidden
-
-    def crop(self, length: int) -> None:
-        if length < self.length:
-            self.cache.crop(length - self.length)  # a negative count removes that many positions
-            self.length = length
 
 
 @dataclass
@@ -100,6 +77,7 @@ class NestDecoder:
         self.generator: torch.Generator | None = None
         if config.seed is not None:
             self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.length = 0  # positions of this sequence the step model holds (prompt and output)
         self.last_token = -1  # the token the next one follows (set from the prompt in ``run``)
         self.after_boundary = False  # whether last_token ends a sentence or is special (a Python bool: no sync)
         # Keys after which a copy starts a sentence: the passage text's first token, or after . ! ? \n
@@ -215,12 +193,35 @@ class NestDecoder:
 
     # The loop --------------------------------------------------------------------------------
 
-    def run(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Iterator[DecodeStep]:
-        """Decode up to ``max_new_tokens`` tokens after the prompt, yielding each step."""
-        runner = _LMRunner(self.lm, need_hidden=self.index is not None)
-        logits, hidden = runner.forward(prompt_ids)
+    def run(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, model: StepModel | None = None
+    ) -> Iterator[DecodeStep]:
+        """Decode up to ``max_new_tokens`` tokens after the prompt alone, yielding each step."""
+        model = model or SingleStepModel(self.lm, need_hidden=self.index is not None)
+        events = self.steps(prompt_ids, max_new_tokens)
+        try:
+            event = next(events)
+            while True:
+                if isinstance(event, Forward):
+                    event = events.send(model.step({0: event})[0])
+                else:
+                    yield event
+                    event = next(events)
+        except StopIteration:
+            return
+        finally:
+            model.release(0)
+
+    def steps(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Generator[DecodeStep | Forward, Any, None]:
+        """Decode up to ``max_new_tokens`` tokens after the prompt.
+
+        Yields a ``Forward`` whenever it needs the LM (send its ``StepOutput`` back) and a
+        ``DecodeStep`` for tokens appended to the output (send nothing).
+        """
+        self.length = 0
+        out = yield from self._forward(prompt_ids)
         self._follow(prompt_ids[-1])
-        m = self._mixture(logits[-1:], None if hidden is None else hidden[-1:], self._answer_start_keys())
+        m = self._mixture(out.logits[-1:], None if out.hidden is None else out.hidden[-1:], self._answer_start_keys())
         produced = 0
         continuation: tuple[int, int] | None = None  # (passage, next token position) after a full accept
         while produced < max_new_tokens:
@@ -230,7 +231,7 @@ class NestDecoder:
             if source is not None and draft is not None and draft.numel():
                 self.counters.spans_proposed += 1
                 if bool(self._accepts(m.p_mix, draft[:1])[0]):
-                    step, m, continuation = self._verify(runner, m, source, draft)
+                    step, m, continuation = yield from self._verify(m, source, draft)
                     yield step
                     produced += len(step.tokens)
                     if self._ended(step):
@@ -244,8 +245,14 @@ class NestDecoder:
             produced += 1
             if self._ended(step) or produced >= max_new_tokens:
                 return
-            logits, hidden = runner.forward([token])
-            m = self._mixture(logits, hidden)
+            out = yield from self._forward([token])
+            m = self._mixture(out.logits, out.hidden)
+
+    def _forward(self, tokens: Sequence[int]) -> Generator[Forward, StepOutput, StepOutput]:
+        """Ask for the LM on ``tokens`` after the first ``self.length`` positions of the sequence."""
+        out = yield Forward(list(tokens), self.length)
+        self.length += len(tokens)
+        return out
 
     def _answer_start_keys(self) -> torch.Tensor | None:
         """With the context guard, an answer that starts at a sentence boundary (a chat turn)
@@ -300,8 +307,8 @@ class NestDecoder:
         return draft
 
     def _verify(
-        self, runner: _LMRunner, m: _Mixture, source: tuple[int, int], draft: torch.Tensor
-    ) -> tuple[DecodeStep, _Mixture, tuple[int, int] | None]:
+        self, m: _Mixture, source: tuple[int, int], draft: torch.Tensor
+    ) -> Generator[Forward, StepOutput, tuple[DecodeStep, _Mixture, tuple[int, int] | None]]:
         """Score a span whose first token was accepted in one forward; keep the accepted prefix.
 
         Returns the step, the mixture at the new last position, and where a fully accepted
@@ -309,9 +316,11 @@ class NestDecoder:
         """
         passage, start = source
         n = int(draft.numel())
-        base = runner.length
-        logits, hidden = runner.forward(draft.tolist())
-        after = self._mixture(logits, hidden, forced=self._forced_after(source, draft))  # row i: after draft token i
+        base = self.length
+        out = yield from self._forward(draft.tolist())
+        after = self._mixture(
+            out.logits, out.hidden, forced=self._forced_after(source, draft)
+        )  # row i: after draft token i
         rest = self._accepts(after.p_mix[:-1], draft[1:].to(after.p_mix.device))
         accepted = 1 + accepted_length(rest)
         lams = torch.cat([m.lam, after.lam[: accepted - 1]]).tolist()
@@ -322,15 +331,15 @@ class NestDecoder:
         if accepted == n:
             more = start + n < self._passage_length(passage)
             return DecodeStep(tokens, prov), after.row(n - 1), (passage, start + n) if more else None
-        runner.crop(base + accepted)
+        self.length = base + accepted  # the rejected suffix is dropped by the next forward
         at = after.row(accepted - 1)
         token = self._pick(at.p_mix[0], rejected=int(draft[accepted]))
         token_prov = self._provenance_of(at, token)
         self._record([token], [token_prov])
         step = DecodeStep([*tokens, token], [*prov, token_prov])
         if not self._ended(step):
-            logits, hidden = runner.forward([token])
-            at = self._mixture(logits, hidden)
+            out = yield from self._forward([token])
+            at = self._mixture(out.logits, out.hidden)
         return step, at, None
 
     def _passage_length(self, passage: int) -> int:

@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from .async_utils import iterate_in_thread
-from .citations import NestResult, NestStats, Provenance
-from .config import NestConfig, default_config
-from .decoding import DecodeCounters, NestDecoder
+from .batching import BatchLoop, BatchScheduler, DecodeJob
+from .citations import NestResult, NestStats
+from .config import NestConfig, default_config, with_overrides
+from .decoding import NestDecoder
 from .errors import ConfigError, PromptTooLongError
 from .lm import DEFAULT_MODEL, LoadedLM, Message, build_prompt_ids, last_user_text, load_lm, normalize_messages
 from .passages.retriever import PassageRetriever, StaticRetriever
@@ -47,6 +46,11 @@ class NestEngine:
             None: the calibrated config shipped for the model if there is one (the embedded
             model has one), else the paper's defaults (see :func:`default_config`).
         key_store: a directory of precomputed passage keys (see ``KeyStore.build``), or an open ``KeyStore``.
+        max_batch: how many requests decode together. 1 (default): one at a time, in the calling
+            thread. Above 1: ``stream``/``generate`` calls from many threads (a server, an agent
+            framework's thread pool) join one running batch at step boundaries (continuous
+            batching, ``batching.py``); each request's output is what it would be alone
+            (greedy: token for token, up to floating-point summation order).
 
     Example:
         >>> engine = NestEngine(retriever=default_retriever())  # doctest: +SKIP
@@ -64,7 +68,10 @@ class NestEngine:
         dtype: str | None = None,
         key_store: str | Path | KeyStore | None = None,
         max_cache_bytes: int = 1 << 30,
+        max_batch: int = 1,
     ) -> None:
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise ConfigError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         self.lm = model if isinstance(model, LoadedLM) else load_lm(model, device=device, dtype=dtype)
         if retriever is not None and not isinstance(retriever, PassageRetriever):
             retriever = StaticRetriever(list(retriever))
@@ -72,7 +79,9 @@ class NestEngine:
         self.config = config or default_config(self.lm.name)
         store = KeyStore.for_model(key_store, self.lm.name) if key_store is not None else None
         self.encoder = PassageEncoder(self.lm, max_cache_bytes=max_cache_bytes, key_store=store)
-        self._lock = threading.Lock()  # one generation at a time: the model is shared
+        self._lock = threading.Lock()  # one user of the model at a time (a request, or a batch step)
+        self.max_batch = max_batch
+        self._scheduler = BatchScheduler(self.lm, max_batch, self._lock) if max_batch > 1 else None
 
     # Public API ------------------------------------------------------------------------------
 
@@ -116,6 +125,9 @@ class NestEngine:
                 tokenised twice; ``prompt`` still gives the query.
             **overrides: any :class:`NestConfig` field for this call only (e.g. ``max_new_tokens``).
         """
+        if self._scheduler is not None:
+            yield from self._scheduler.submit(self._submission(prompt, passages, query, chat, prompt_ids, overrides))
+            return
         cfg = self.call_config(**overrides)
         messages = normalize_messages(prompt)
         ids = self._fits(list(prompt_ids)) if prompt_ids is not None else self._prompt_ids(messages, chat)
@@ -123,14 +135,135 @@ class NestEngine:
         with self._lock:
             yield from self._stream_locked(query, ids, cfg, passages)
 
+    def generate_batch(
+        self,
+        prompts: Sequence[str | Sequence[Message]],
+        *,
+        passages: Sequence[Sequence[Passage | ScoredPassage] | None] | None = None,
+        queries: Sequence[str | None] | None = None,
+        chat: bool | None = None,
+        batch_size: int | None = None,
+        **overrides: Any,
+    ) -> list[NestResult]:
+        """Answer many prompts, decoding them together (one LM forward per step for all).
+
+        Args:
+            prompts: B prompts (strings or chat messages), as for :meth:`stream`.
+            passages: B passage lists (or None entries: call the first stage), or None.
+            queries: B first-stage queries (None entries: the last user message), or None.
+            chat: as for :meth:`stream`, for every prompt.
+            batch_size: how many decode at once (default: the engine's ``max_batch`` if above 1,
+                else 8); the others join as rows finish.
+            **overrides: :class:`NestConfig` fields for every prompt of this call.
+
+        Returns:
+            B results, in prompt order; greedy results equal ``generate``'s for each prompt.
+
+        Raises:
+            ConfigError, InvalidPromptError, PromptTooLongError: before anything is decoded.
+            ValueError: ``passages`` or ``queries`` not of length B.
+            Any error of one request's decoding, after the others have finished.
+        """
+        n = len(prompts)
+        for name, given in (("passages", passages), ("queries", queries)):
+            if given is not None and len(given) != n:
+                raise ValueError(f"{name} has {len(given)} entries for {n} prompts")
+        size = batch_size if batch_size is not None else (self.max_batch if self.max_batch > 1 else 8)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {size!r}")
+        jobs = [
+            self._submission(
+                prompt,
+                None if passages is None else passages[i],
+                None if queries is None else queries[i],
+                chat,
+                None,
+                overrides,
+            )
+            for i, prompt in enumerate(prompts)
+        ]
+        if self._scheduler is not None:
+            streams = [self._scheduler.submit(job) for job in jobs]
+            return [_last_result(chunks) for chunks in streams]
+        return self._decode_together(jobs, size)
+
+    async def agenerate_batch(
+        self,
+        prompts: Sequence[str | Sequence[Message]],
+        *,
+        passages: Sequence[Sequence[Passage | ScoredPassage] | None] | None = None,
+        queries: Sequence[str | None] | None = None,
+        chat: bool | None = None,
+        batch_size: int | None = None,
+        **overrides: Any,
+    ) -> list[NestResult]:
+        """:meth:`generate_batch` for asyncio, in a worker thread."""
+        call = partial(
+            self.generate_batch,
+            prompts,
+            passages=passages,
+            queries=queries,
+            chat=chat,
+            batch_size=batch_size,
+            **overrides,
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    def _decode_together(self, jobs: list[Callable[[], DecodeJob | NestChunk]], size: int) -> list[NestResult]:
+        """Decode prepared requests ``size`` at a time in this thread; rows are refilled as they finish."""
+        results: list[NestResult | BaseException | None] = [None] * len(jobs)
+
+        def collect(i: int) -> Callable[[NestChunk | BaseException], None]:
+            def emit(item: NestChunk | BaseException) -> None:
+                if isinstance(item, BaseException):
+                    results[i] = item
+                elif item.result is not None:
+                    results[i] = item.result
+
+            return emit
+
+        with self._lock:
+            loop = BatchLoop(self.lm)
+            waiting = list(enumerate(jobs))[::-1]  # popped in prompt order
+            while True:
+                while waiting and len(loop) < size:
+                    i, prepare = waiting.pop()
+                    try:
+                        job = prepare()
+                    except Exception as e:
+                        results[i] = e
+                        continue
+                    if isinstance(job, NestChunk):
+                        results[i] = job.result
+                    else:
+                        loop.add(job, collect(i))
+                if not loop.rows:
+                    break
+                loop.step()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [r for r in results if isinstance(r, NestResult)]
+
+    def _submission(
+        self,
+        prompt: str | Sequence[Message],
+        passages: Sequence[Passage | ScoredPassage] | None,
+        query: str | None,
+        chat: bool | None,
+        prompt_ids: Sequence[int] | None,
+        overrides: dict[str, Any],
+    ) -> Callable[[], DecodeJob | NestChunk]:
+        """Validate a request now (errors raise in the caller) and return what prepares its job."""
+        cfg = self.call_config(**overrides)
+        messages = normalize_messages(prompt)
+        ids = self._fits(list(prompt_ids)) if prompt_ids is not None else self._prompt_ids(messages, chat)
+        given = None if passages is None else list(passages)
+        return partial(self._prepare, query or last_user_text(messages), ids, cfg, given)
+
     def call_config(self, **overrides: Any) -> NestConfig:
         """The engine's config with per-call overrides applied; raises ``ConfigError`` on bad values."""
-        if not overrides:
-            return self.config
-        try:
-            return NestConfig.model_validate({**self.config.model_dump(), **overrides})
-        except ValidationError as e:
-            raise ConfigError(str(e)) from e
+        return with_overrides(self.config, overrides)
 
     def prompt_ids(self, prompt: str | Sequence[Message], *, chat: bool | None = None) -> list[int]:
         """The prompt's token ids (chat template applied); raises if it does not fit the context."""
@@ -157,7 +290,13 @@ class NestEngine:
         prompt_ids: Sequence[int] | None = None,
         **overrides: Any,
     ) -> AsyncIterator[NestChunk]:
-        """:meth:`stream` for asyncio: decoding runs in a worker thread, never on the event loop."""
+        """:meth:`stream` for asyncio: decoding runs in a worker thread, never on the event loop
+        (with ``max_batch`` > 1, in the batch's thread: no thread waits per request)."""
+        if self._scheduler is not None:
+            prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
+            async for chunk in self._scheduler.asubmit(prepare):
+                yield chunk
+            return
         stream = partial(self.stream, prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids)
         async for chunk in iterate_in_thread(lambda: stream(**overrides)):
             yield chunk
@@ -172,7 +311,13 @@ class NestEngine:
         prompt_ids: Sequence[int] | None = None,
         **overrides: Any,
     ) -> NestResult:
-        """:meth:`generate` for asyncio, in a worker thread."""
+        """:meth:`generate` for asyncio, in a worker thread (with ``max_batch`` > 1: in the batch)."""
+        if self._scheduler is not None:
+            prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
+            async for chunk in self._scheduler.asubmit(prepare):
+                if chunk.result is not None:
+                    return chunk.result
+            raise RuntimeError("the stream ended without a result")  # unreachable: the last chunk has one
         call = partial(
             self.generate, prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids, **overrides
         )
@@ -212,13 +357,14 @@ class NestEngine:
             retrieved = self.retrieve(query, cfg.num_passages)
         return select_sources(query, retrieved, cfg)
 
-    def _stream_locked(
+    def _prepare(
         self,
         query: str,
         prompt_ids: list[int],
         cfg: NestConfig,
         given: Sequence[Passage | ScoredPassage] | None,
-    ) -> Iterator[NestChunk]:
+    ) -> DecodeJob | NestChunk:
+        """Select sources and build the token index: a job ready to decode, or an abstention."""
         stats = NestStats(prompt_tokens=len(prompt_ids))
         t0 = time.perf_counter()
         sources = self._select(query, given, cfg)
@@ -236,31 +382,40 @@ class NestEngine:
         stats.passages, stats.passages_encoded = len(sources.retrieved), self.encoder.misses - misses
         stats.passages_searched, stats.source_coverage = len(sources.searched), sources.coverage
         if cfg.grounded_only and index is None:
-            yield _abstention(query, sources, stats)
-            return
-
+            return _abstention(query, sources, stats)
         decoder = NestDecoder(self.lm, cfg, index)
         answer = AnswerAssembler(
             self.lm.tokenizer, decoder.eos, cfg.stop, sources.searched, encoded, sources.duplicates
         )
         # Generation stops at the context limit (documented).
-        for step in decoder.run(prompt_ids, min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))):
-            chunk = answer.put(step.tokens, step.provenance)
-            if answer.stop_at is not None:
+        budget = min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))
+        return DecodeJob(decoder, answer, sources, stats, prompt_ids, budget, started=t2)
+
+    def _stream_locked(
+        self,
+        query: str,
+        prompt_ids: list[int],
+        cfg: NestConfig,
+        given: Sequence[Passage | ScoredPassage] | None,
+    ) -> Iterator[NestChunk]:
+        job = self._prepare(query, prompt_ids, cfg, given)
+        if isinstance(job, NestChunk):
+            yield job
+            return
+        for step in job.decoder.run(job.prompt_ids, job.max_new_tokens):
+            chunk = job.put(step)
+            if job.stopped:
                 break
             if chunk is not None:
                 yield chunk
-        decoder_time = time.perf_counter() - t2
-        text, tokens, provenance = answer.finish()
-        result = NestResult(
-            text=text,
-            citations=answer.claims.citations,
-            fragments=answer.claims.fragments,
-            stats=_finish_stats(stats, tokens, provenance, decoder.counters, decoder_time),
-            finish_reason="stop" if answer.stop_at is not None else decoder.counters.finish_reason,
-            passages=sources.retrieved,
-        )
-        yield answer.last_chunk(text, result)
+        yield job.finish()
+
+
+def _last_result(chunks: Iterator[NestChunk]) -> NestResult:
+    for chunk in chunks:
+        if chunk.result is not None:
+            return chunk.result
+    raise RuntimeError("the stream ended without a result")  # unreachable: the last chunk has one
 
 
 def _abstention(query: str, sources: SourceSelection, stats: NestStats) -> NestChunk:
@@ -274,21 +429,6 @@ def _abstention(query: str, sources: SourceSelection, stats: NestStats) -> NestC
     return NestChunk(text=text, result=result)
 
 
-def _finish_stats(
-    stats: NestStats, tokens: list[int], provenance: list[Provenance | None], counters: DecodeCounters, seconds: float
-) -> NestStats:
-    stats.tokens_generated = len(tokens)
-    stats.tokens_copied = sum(p is not None for p in provenance)
-    stats.attribution_ratio = stats.tokens_copied / len(tokens) if tokens else 0.0
-    stats.spans_proposed = counters.spans_proposed
-    stats.spans_accepted = len(counters.accepted_spans)
-    spans = counters.accepted_spans
-    stats.mean_accepted_span = sum(spans) / len(spans) if spans else 0.0
-    stats.decoding_seconds = seconds
-    stats.tokens_per_second = len(tokens) / seconds if seconds > 0 else 0.0
-    return stats
-
-
 async def ashared_engine(
     model: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | None = None
 ) -> NestEngine:
@@ -298,6 +438,9 @@ async def ashared_engine(
     )
 
 
+SHARED_MAX_BATCH = 8
+"""Requests a shared engine decodes together (see :func:`shared_engine`)."""
+
 _SHARED_ENGINES: dict[tuple[str, str | None, str | None], NestEngine] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -306,12 +449,14 @@ def shared_engine(model: str = DEFAULT_MODEL, *, device: str | None = None, dtyp
     """One engine per (model, device, dtype) per process, loaded on first use.
 
     For integrations that create many lightweight objects (chat models, tools): the weights
-    and the passage-key cache are loaded once and shared; generations are serialised by the
-    engine's lock. Pass passages per call (``generate(..., passages=...)``).
+    and the passage-key cache are loaded once and shared, and concurrent calls (LangChain's
+    ``batch``/``abatch``, LlamaIndex's async queries, agent tools in threads) decode together
+    in one batch of up to :data:`SHARED_MAX_BATCH` (continuous batching; each answer is what it
+    would be alone). Pass passages per call (``generate(..., passages=...)``).
     """
     key = (model, device, dtype)
     with _SHARED_LOCK:
         engine = _SHARED_ENGINES.get(key)
         if engine is None:
-            engine = _SHARED_ENGINES[key] = NestEngine(model, device=device, dtype=dtype)
+            engine = _SHARED_ENGINES[key] = NestEngine(model, device=device, dtype=dtype, max_batch=SHARED_MAX_BATCH)
         return engine

@@ -13,7 +13,16 @@ class NestError(Exception):
 
 
 class ConfigError(NestError, ValueError):
-    """A ``NestConfig`` value or a per-call override is invalid."""
+    """A ``NestConfig`` value or a per-call override is invalid.
+
+    ``option``: the first invalid field when one is known (e.g. ``"top_p"``); ``reason``: why,
+    in a few words (the whole message is ``str(error)``).
+    """
+
+    def __init__(self, message: str, *, option: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.reason = reason or message
 
 
 class InvalidPromptError(NestError, ValueError):

@@ -28,7 +28,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('The server needs the "serve" extra: pip install "nest-integrations[serve]"') from e
 
 from ..call_options import engine_overrides
-from ..config import NestConfig
+from ..config import NestConfig, with_overrides
 from ..engine import NestEngine
 from ..errors import ConfigError, InvalidPromptError, NestError, PromptTooLongError
 from ..lm import Message
@@ -96,14 +96,13 @@ def api_error_for(e: Exception) -> ApiError:
 
 
 def check_options(config: NestConfig, overrides: dict[str, Any]) -> None:
-    """Raise a 400 ``ApiError`` unless the engine accepts ``overrides`` on top of ``config``."""
+    """Raise a 400 ``ApiError`` unless the engine accepts ``overrides`` on top of ``config``
+    (the engine's own check, :func:`~nest_integrations.config.with_overrides`)."""
     try:
-        NestConfig.model_validate({**config.model_dump(), **overrides})
-    except ValidationError as e:
-        err = e.errors()[0]
-        option = str(err["loc"][0]) if err["loc"] else None
-        param = _PARAM_OF_OPTION.get(option, option) if option else None
-        raise ApiError(400, f"Invalid request: {param or 'body'}: {err['msg']}", param=param) from e
+        with_overrides(config, overrides)
+    except ConfigError as e:
+        param = _PARAM_OF_OPTION.get(e.option, e.option) if e.option else None
+        raise ApiError(400, f"Invalid request: {param or 'body'}: {e.reason}", param=param) from e
 
 
 def create_app(
@@ -120,7 +119,10 @@ def create_app(
     """
     limits = limits or ServerLimits()
     model_id = engine.lm.name
-    admission = Admission(max_waiting=limits.max_waiting, timeout=limits.queue_timeout_s)
+    # As many requests run as the engine decodes together (its max_batch); the rest wait or get 429.
+    admission = Admission(
+        max_waiting=limits.max_waiting, timeout=limits.queue_timeout_s, concurrency=getattr(engine, "max_batch", 1)
+    )
     app = FastAPI(title="nest-integrations", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
@@ -198,6 +200,7 @@ def create_app(
         return req
 
     def generation_args(req: ChatCompletionRequest) -> tuple[list[Message], dict[str, Any]]:
+        """The messages and the engine's per-call arguments (``prompt_ids`` included: tokenised once)."""
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         if not any(m["content"].strip() for m in messages):
             raise ApiError(400, "The messages are empty.", param="messages")
@@ -207,7 +210,7 @@ def create_app(
         if max_tokens > limits.max_tokens:
             raise ApiError(400, f"max_tokens must be at most {limits.max_tokens}.", param="max_tokens")
         try:
-            engine.prompt_ids(messages)
+            prompt_ids = engine.prompt_ids(messages)
         except NestError as e:
             raise api_error_for(e) from e
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
@@ -219,7 +222,8 @@ def create_app(
             )
         except ConfigError as e:
             raise ApiError(400, str(e)) from e
-        return messages, overrides
+        check_options(engine.config, overrides)  # everything the engine would reject is a 400 now
+        return messages, {**overrides, "prompt_ids": prompt_ids}
 
     async def admit() -> None:
         try:
@@ -235,7 +239,6 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         req = await read_request(request)
         messages, overrides = generation_args(req)
-        check_options(engine.config, overrides)  # everything the engine would reject is a 400 now
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         await admit()
         if req.stream:

@@ -37,7 +37,8 @@ class RayAppArgs(BaseModel):
     torch_threads: int | None = Field(None, ge=1, description="torch threads per replica (None: torch decides).")
     api_key: str | None = Field(None, description="Bearer key clients must send (default: $NEST_API_KEY).")
     max_tokens_limit: int = Field(512, ge=1)
-    max_queue: int = Field(8, ge=0, description="Requests that may wait for a replica's model; more get 429.")
+    max_batch: int = Field(8, ge=1, description="Requests a replica decodes together (continuous batching).")
+    max_queue: int = Field(8, ge=0, description="Requests that may wait beyond a replica's batch; more get 429.")
 
 
 class NestReplica:
@@ -54,7 +55,7 @@ class NestReplica:
             torch.set_num_threads(self.args.torch_threads)
         retriever = ChromaRetriever(connect(self.args.chroma_host, self.args.chroma_port), self.args.collection)
         device = "cuda" if self.args.num_gpus > 0 else None
-        self.engine = NestEngine(self.args.model, retriever=retriever, device=device)
+        self.engine = NestEngine(self.args.model, retriever=retriever, device=device, max_batch=self.args.max_batch)
         self.replica = f"{serve.get_replica_context().replica_id.unique_id}/pid-{os.getpid()}"
 
     def __serve_build_asgi_app__(self) -> Any:  # called by Ray Serve after __init__
@@ -71,8 +72,8 @@ def build_app(args: dict[str, Any]) -> Any:
     deployment = serve.deployment(
         name="NestReplica",
         num_replicas=parsed.replicas,
-        # One request decodes at a time per replica; the app's own queue answers 429 beyond it.
-        max_ongoing_requests=parsed.max_queue + 1,
+        # A replica decodes max_batch requests together; its own queue answers 429 beyond that.
+        max_ongoing_requests=parsed.max_batch + parsed.max_queue,
         ray_actor_options={"num_cpus": parsed.num_cpus, "num_gpus": parsed.num_gpus},
         health_check_period_s=10,
     )(serve.ingress()(NestReplica))

@@ -116,9 +116,15 @@ def test_lcel_chain_with_str_output_parser(llm) -> None:
     assert isinstance(answer, str) and answer
 
 
-def test_batch_from_threads_equals_sequential(llm) -> None:
-    questions = [QUESTION, "Tell me about Du Fu."]
-    assert [m.text for m in llm.batch(questions)] == [llm.invoke(q).text for q in questions]
+def test_batch_decodes_together_and_equals_sequential(llm) -> None:
+    questions = [QUESTION, "Tell me about Du Fu.", "Who was Clayton Kershaw?"]
+    batched = llm.batch(questions)  # LangChain's thread pool: the calls share the engine's batch
+    alone = [llm.invoke(q) for q in questions]
+    assert [m.text for m in batched] == [m.text for m in alone]
+    quotes = [[(a["start_index"], a["end_index"], a["cited_text"]) for a in annotations(m)] for m in alone]
+    assert [[(a["start_index"], a["end_index"], a["cited_text"]) for a in annotations(m)] for m in batched] == quotes
+    assert any(quotes)
+    assert llm._engine()._scheduler.peak_active >= 2
 
 
 def test_stop_and_max_tokens_are_honoured(llm) -> None:

@@ -1,0 +1,309 @@
+"""Many requests decoded together: one LM forward per step over every active request.
+
+A :class:`DecodeJob` is one request after source selection: its decoder and the assembler of
+its text and citations. :class:`BatchLoop` advances many jobs in lockstep over one
+:class:`~nest_integrations.step_model.BatchedStepModel`: each step, every job's decoder asks for
+its next forward (a one-token step or a draft to verify), all run in one padded forward, and
+each job's decoder goes on alone (its own mixture, acceptance, splice rule and citations) until
+it asks again. Jobs join and leave at step boundaries. :class:`BatchScheduler` runs a loop in a
+thread of its own and admits requests as they arrive (continuous batching, for servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .citations import NestResult, NestStats, Provenance
+from .decoding import DecodeCounters, DecodeStep, NestDecoder
+from .sources import SourceSelection
+from .step_model import BatchedStepModel, Forward, StepOutput
+from .streaming import AnswerAssembler, NestChunk
+
+if TYPE_CHECKING:
+    from .lm import LoadedLM
+
+__all__ = ["BatchLoop", "BatchScheduler", "DecodeJob"]
+
+
+@dataclass
+class DecodeJob:
+    """One request being decoded: its decoder, the assembler of its answer, what its result needs."""
+
+    decoder: NestDecoder
+    answer: AnswerAssembler
+    sources: SourceSelection
+    stats: NestStats
+    prompt_ids: list[int]
+    max_new_tokens: int
+    started: float = field(default_factory=time.perf_counter)
+
+    def steps(self) -> Generator[DecodeStep | Forward, Any, None]:
+        return self.decoder.steps(self.prompt_ids, self.max_new_tokens)
+
+    def put(self, step: DecodeStep) -> NestChunk | None:
+        """The chunk a decoding step releases, if any; see ``stopped`` after each call."""
+        return self.answer.put(step.tokens, step.provenance)
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string was produced: decoding this job must end."""
+        return self.answer.stop_at is not None
+
+    def finish(self) -> NestChunk:
+        """The last chunk, carrying the :class:`NestResult`."""
+        seconds = time.perf_counter() - self.started
+        text, tokens, provenance = self.answer.finish()
+        counters = self.decoder.counters
+        result = NestResult(
+            text=text,
+            citations=self.answer.claims.citations,
+            fragments=self.answer.claims.fragments,
+            stats=_finish_stats(self.stats, tokens, provenance, counters, seconds),
+            finish_reason="stop" if self.answer.stop_at is not None else counters.finish_reason,
+            passages=self.sources.retrieved,
+        )
+        return self.answer.last_chunk(text, result)
+
+
+def _finish_stats(
+    stats: NestStats, tokens: list[int], provenance: list[Provenance | None], counters: DecodeCounters, seconds: float
+) -> NestStats:
+    stats.tokens_generated = len(tokens)
+    stats.tokens_copied = sum(p is not None for p in provenance)
+    stats.attribution_ratio = stats.tokens_copied / len(tokens) if tokens else 0.0
+    stats.spans_proposed = counters.spans_proposed
+    stats.spans_accepted = len(counters.accepted_spans)
+    spans = counters.accepted_spans
+    stats.mean_accepted_span = sum(spans) / len(spans) if spans else 0.0
+    stats.decoding_seconds = seconds
+    stats.tokens_per_second = len(tokens) / seconds if seconds > 0 else 0.0
+    return stats
+
+
+Emit = Callable[[NestChunk | BaseException], None]
+
+
+@dataclass
+class _Row:
+    job: DecodeJob
+    events: Generator[DecodeStep | Forward, Any, None]
+    emit: Emit
+    pending: Forward | None = None
+
+
+class BatchLoop:
+    """Decodes any number of jobs together, one batched forward per step (not thread-safe).
+
+    ``emit`` receives each job's chunks as they are released, the last one with the result,
+    or the exception that ended that job alone.
+    """
+
+    def __init__(self, lm: LoadedLM) -> None:
+        self.model = BatchedStepModel(lm, need_hidden=True)
+        self.rows: dict[int, _Row] = {}
+        self._next_key = 0
+        self.forwards = 0  # batched forwards run (a measure of how well requests shared steps)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, job: DecodeJob, emit: Emit) -> int:
+        """Start decoding ``job``; its first forward runs at the next :meth:`step`. Returns its key."""
+        key = self._next_key
+        self._next_key += 1
+        self.rows[key] = _Row(job, job.steps(), emit)
+        self._advance(key, None)
+        return key
+
+    def cancel(self, key: int) -> None:
+        """Stop a job now (e.g. its client went away); the others are not disturbed."""
+        row = self.rows.pop(key, None)
+        if row is not None:
+            row.events.close()
+            self.model.release(key)
+
+    def step(self) -> None:
+        """One forward over every job, then each job decodes until it needs the LM again."""
+        requests = {key: row.pending for key, row in self.rows.items() if row.pending is not None}
+        if not requests:
+            return
+        try:
+            outputs = self.model.step(requests)
+        except Exception as e:  # the batch's forward failed (e.g. out of memory): every job fails
+            for key in list(requests):
+                self._fail(key, e)
+            return
+        self.forwards += 1
+        for key, output in outputs.items():
+            self._advance(key, output)
+
+    def _advance(self, key: int, output: StepOutput | None) -> None:
+        """Run a job's decoder until its next forward request, delivering its chunks."""
+        row = self.rows[key]
+        try:
+            event = row.events.send(output) if output is not None else next(row.events)
+            while isinstance(event, DecodeStep):
+                chunk = row.job.put(event)
+                if row.job.stopped:
+                    row.events.close()
+                    break
+                if chunk is not None:
+                    row.emit(chunk)
+                event = next(row.events)
+            else:
+                row.pending = event
+                return
+        except StopIteration:
+            pass
+        except Exception as e:  # a failure of this job alone
+            self._fail(key, e)
+            return
+        self._end(key)
+
+    def _end(self, key: int) -> None:
+        row = self.rows.pop(key)
+        self.model.release(key)
+        try:
+            row.emit(row.job.finish())
+        except Exception as e:
+            row.emit(e)
+
+    def _fail(self, key: int, error: BaseException) -> None:
+        row = self.rows.pop(key, None)
+        if row is not None:
+            row.events.close()
+            self.model.release(key)
+            row.emit(error)
+
+
+_DONE = object()
+
+
+def _is_last(item: Any) -> bool:
+    """A submission's stream ends with its result chunk, an exception, or _DONE."""
+    return item is _DONE or isinstance(item, BaseException) or item.result is not None
+
+
+@dataclass
+class _Submission:
+    prepare: Callable[[], DecodeJob | NestChunk]
+    put: Callable[[Any], None]  # delivers a chunk, an exception or _DONE to the submitter (from the loop's thread)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class BatchScheduler:
+    """Continuous batching: a thread that admits requests into a running :class:`BatchLoop`.
+
+    Requests wait in arrival order; up to ``max_batch`` decode at once, and a waiting request
+    joins at the next step boundary after a slot frees. ``lock`` is held around each step (the
+    engine's lock: the model is not used by anything else meanwhile). Source selection and
+    passage encoding (``prepare``) also run in this thread, between steps.
+    """
+
+    def __init__(self, lm: LoadedLM, max_batch: int, lock: threading.Lock) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.lm = lm
+        self.max_batch = max_batch
+        self.lock = lock
+        self._waiting: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.active = 0  # requests decoding now
+        self.peak_active = 0  # the most requests that decoded together so far
+
+    def submit(self, prepare: Callable[[], DecodeJob | NestChunk]) -> Iterator[NestChunk]:
+        """Queue a request; iterate the result for its chunks (closing the iterator cancels it)."""
+        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        submission = _Submission(prepare, chunks.put)
+        self._enqueue(submission)
+        try:
+            while True:
+                item = chunks.get()
+                if _is_last(item):
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is not _DONE:
+                        yield item
+                    return
+                yield item
+        finally:
+            submission.cancelled.set()
+
+    async def asubmit(self, prepare: Callable[[], DecodeJob | NestChunk]) -> AsyncIterator[NestChunk]:
+        """:meth:`submit` for asyncio: chunks arrive on the event loop, no thread waits per request."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[Any] = asyncio.Queue()
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(chunks.put_nowait, item)
+
+        submission = _Submission(prepare, put)
+        self._enqueue(submission)
+        try:
+            while True:
+                item = await chunks.get()
+                if _is_last(item):
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is not _DONE:
+                        yield item
+                    return
+                yield item
+        finally:
+            submission.cancelled.set()
+
+    def _enqueue(self, submission: _Submission) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="nest-batch", daemon=True)
+                self._thread.start()
+        self._waiting.put(submission)
+
+    def _run(self) -> None:
+        loop = BatchLoop(self.lm)
+        owners: dict[int, _Submission] = {}
+        while True:
+            if not loop.rows:
+                owners.clear()
+                submission = self._waiting.get()  # idle: wait for a request
+                self._admit(loop, owners, submission)
+            while len(loop) < self.max_batch:
+                try:
+                    submission = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                self._admit(loop, owners, submission)
+            for key in [k for k, s in owners.items() if s.cancelled.is_set()]:
+                with self.lock:
+                    loop.cancel(key)
+                owners.pop(key)
+            with self.lock:
+                loop.step()
+            for key in [k for k in owners if k not in loop.rows]:
+                owners.pop(key)
+            self._count(loop)
+
+    def _admit(self, loop: BatchLoop, owners: dict[int, _Submission], submission: _Submission) -> None:
+        if submission.cancelled.is_set():
+            return
+        try:
+            with self.lock:
+                job = submission.prepare()
+                if isinstance(job, NestChunk):  # answered without decoding (an abstention)
+                    submission.put(job)
+                    return
+                owners[loop.add(job, submission.put)] = submission
+        except Exception as e:
+            submission.put(e)
+        self._count(loop)
+
+    def _count(self, loop: BatchLoop) -> None:
+        self.active = len(loop)
+        self.peak_active = max(self.peak_active, self.active)
