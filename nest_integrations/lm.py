@@ -32,9 +32,10 @@ Message = dict[str, str]
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 """Roles a chat message may have: what OpenAI clients and the LangChain adapter send and chat templates render."""
-ROLE_ALIASES = {"developer": "system", "function": "tool"}
-"""OpenAI's other names, mapped: "developer" (system messages for its newer models; chat templates
-do not know it) and the deprecated "function" (a tool result)."""
+ROLE_ALIASES = {"developer": "system", "function": "tool", "chatbot": "assistant", "model": "assistant"}
+"""Other names, mapped: OpenAI's "developer" (system messages for its newer models; chat templates
+do not know it) and deprecated "function" (a tool result); "chatbot" (Cohere) and "model"
+(Gemini), which LlamaIndex's ``MessageRole`` carries for the assistant's turns."""
 
 
 @dataclass
@@ -371,8 +372,9 @@ def load_tokenizer(model: str = DEFAULT_MODEL) -> Any:
 def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
     """Accept a plain prompt or chat messages; validate and return messages (copies).
 
-    A role is one of :data:`CHAT_ROLES`; "developer" becomes "system" and "function" becomes
-    "tool" (:data:`ROLE_ALIASES`); any other role raises :class:`InvalidPromptError`.
+    A role is one of :data:`CHAT_ROLES`; "developer" becomes "system", "function" becomes
+    "tool", "chatbot" and "model" become "assistant" (:data:`ROLE_ALIASES`); any other role
+    raises :class:`InvalidPromptError`.
     """
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]

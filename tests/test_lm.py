@@ -68,9 +68,11 @@ def test_openai_roles_are_accepted_and_its_other_names_mapped() -> None:
         {"role": "assistant", "content": "Let me look."},
         {"role": "tool", "content": "Nero was a Roman emperor."},
         {"role": "function", "content": "AD 54-68."},
+        {"role": "chatbot", "content": "He ruled from AD 54."},  # LlamaIndex's MessageRole.CHATBOT
+        {"role": "model", "content": "Anything else?"},  # LlamaIndex's MessageRole.MODEL
     ]
     messages = normalize_messages(sent)
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant", "assistant"]
     assert sent[0]["role"] == "developer"  # the caller's messages are not modified
     tokenizer = load_tokenizer()
     prompt = tokenizer.decode(build_prompt_ids(tokenizer, messages))
