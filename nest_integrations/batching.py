@@ -12,9 +12,12 @@ thread of its own and admits requests as they arrive (continuous batching, for s
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from .lm import LoadedLM
 
 __all__ = ["BatchLoop", "BatchScheduler", "DecodeJob"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,8 +158,9 @@ class BatchLoop:
                 if row.job.stopped:
                     row.events.close()
                     break
-                if chunk is not None:
-                    row.emit(chunk)
+                if chunk is not None and not _deliver(row.emit, chunk):
+                    self.cancel(key)  # nobody to deliver to: the job's consumer is gone
+                    return
                 event = next(row.events)
             else:
                 row.pending = event
@@ -170,16 +176,28 @@ class BatchLoop:
         row = self.rows.pop(key)
         self.model.release(key)
         try:
-            row.emit(row.job.finish())
+            last: NestChunk | BaseException = row.job.finish()
         except Exception as e:
-            row.emit(e)
+            last = e
+        _deliver(row.emit, last)
 
     def _fail(self, key: int, error: BaseException) -> None:
         row = self.rows.pop(key, None)
         if row is not None:
             row.events.close()
             self.model.release(key)
-            row.emit(error)
+            _deliver(row.emit, error)
+
+
+def _deliver(emit: Emit, item: NestChunk | BaseException) -> bool:
+    """Hand ``item`` to a job's consumer; False when that fails (the consumer is gone), which
+    must never disturb the other jobs of the batch."""
+    try:
+        emit(item)
+    except Exception:
+        log.debug("a batched request's consumer is gone", exc_info=True)
+        return False
+    return True
 
 
 _DONE = object()
@@ -190,11 +208,25 @@ def _is_last(item: Any) -> bool:
     return item is _DONE or isinstance(item, BaseException) or item.result is not None
 
 
+_STOP = object()  # put in a scheduler's queue by close(): its thread ends
+
+
 @dataclass
 class _Submission:
     prepare: Callable[[], DecodeJob | NestChunk]
-    put: Callable[[Any], None]  # delivers a chunk, an exception or _DONE to the submitter (from the loop's thread)
+    put: Callable[[Any], None] = lambda item: None  # delivers a chunk or an exception to the submitter
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+_SCHEDULERS: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_schedulers() -> None:
+    """Stop every batch thread before the interpreter shuts down (a thread still blocked in
+    its queue while torch tears down can abort the process)."""
+    for scheduler in list(_SCHEDULERS):
+        scheduler.close()
 
 
 class BatchScheduler:
@@ -215,14 +247,20 @@ class BatchScheduler:
         self._waiting: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        _SCHEDULERS.add(self)
+        self._closed = False
         self.active = 0  # requests decoding now
         self.peak_active = 0  # the most requests that decoded together so far
 
     def submit(self, prepare: Callable[[], DecodeJob | NestChunk]) -> Iterator[NestChunk]:
-        """Queue a request; iterate the result for its chunks (closing the iterator cancels it)."""
+        """Queue a request now; iterate the result for its chunks (closing the iterator cancels it)."""
         chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         submission = _Submission(prepare, chunks.put)
         self._enqueue(submission)
+        return self._drain(chunks, submission)
+
+    @staticmethod
+    def _drain(chunks: queue.SimpleQueue[Any], submission: _Submission) -> Iterator[NestChunk]:
         try:
             while True:
                 item = chunks.get()
@@ -240,11 +278,16 @@ class BatchScheduler:
         """:meth:`submit` for asyncio: chunks arrive on the event loop, no thread waits per request."""
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Any] = asyncio.Queue()
+        submission = _Submission(prepare)
 
         def put(item: Any) -> None:
-            loop.call_soon_threadsafe(chunks.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, item)
+            except RuntimeError:  # the submitter's event loop is closed: nobody is waiting
+                submission.cancelled.set()
+                raise
 
-        submission = _Submission(prepare, put)
+        submission.put = put
         self._enqueue(submission)
         try:
             while True:
@@ -261,34 +304,76 @@ class BatchScheduler:
 
     def _enqueue(self, submission: _Submission) -> None:
         with self._start_lock:
+            if self._closed:
+                raise RuntimeError("the engine's batch scheduler is closed (the interpreter is exiting)")
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="nest-batch", daemon=True)
                 self._thread.start()
         self._waiting.put(submission)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the batch thread: requests still decoding or waiting get a ``RuntimeError``."""
+        with self._start_lock:
+            self._closed = True
+            thread = self._thread
+        self._waiting.put(_STOP)  # type: ignore[arg-type]
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _run(self) -> None:
         loop = BatchLoop(self.lm)
         owners: dict[int, _Submission] = {}
         while True:
-            if not loop.rows:
+            try:
+                if not self._iterate(loop, owners):
+                    return
+            except Exception as e:  # a bug in the loop itself: fail what it held, keep serving
+                log.exception("the batch loop failed; its requests get the error")
+                for submission in owners.values():
+                    _deliver(submission.put, e)
                 owners.clear()
-                submission = self._waiting.get()  # idle: wait for a request
-                self._admit(loop, owners, submission)
-            while len(loop) < self.max_batch:
-                try:
-                    submission = self._waiting.get_nowait()
-                except queue.Empty:
-                    break
-                self._admit(loop, owners, submission)
-            for key in [k for k, s in owners.items() if s.cancelled.is_set()]:
-                with self.lock:
-                    loop.cancel(key)
-                owners.pop(key)
-            with self.lock:
-                loop.step()
-            for key in [k for k in owners if k not in loop.rows]:
-                owners.pop(key)
+                loop = BatchLoop(self.lm)
             self._count(loop)
+
+    def _iterate(self, loop: BatchLoop, owners: dict[int, _Submission]) -> bool:
+        """Admit what waits (blocking when idle), drop cancelled rows, run one step; False: stop."""
+        if not loop.rows:
+            owners.clear()
+            submission = self._waiting.get()  # idle: wait for a request
+            if submission is _STOP:
+                return False
+            self._admit(loop, owners, submission)
+        while len(loop) < self.max_batch:
+            try:
+                submission = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if submission is _STOP:
+                self._stop(loop, owners)
+                return False
+            self._admit(loop, owners, submission)
+        for key in [k for k, s in owners.items() if s.cancelled.is_set()]:
+            with self.lock:
+                loop.cancel(key)
+            owners.pop(key)
+        with self.lock:
+            loop.step()
+        for key in [k for k in owners if k not in loop.rows]:
+            owners.pop(key)
+        return True
+
+    def _stop(self, loop: BatchLoop, owners: dict[int, _Submission]) -> None:
+        error = RuntimeError("the engine's batch scheduler was closed")
+        for key, submission in owners.items():
+            loop.cancel(key)
+            _deliver(submission.put, error)
+        while True:
+            try:
+                waiting = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            if waiting is not _STOP:
+                _deliver(waiting.put, error)
 
     def _admit(self, loop: BatchLoop, owners: dict[int, _Submission], submission: _Submission) -> None:
         if submission.cancelled.is_set():
@@ -297,11 +382,11 @@ class BatchScheduler:
             with self.lock:
                 job = submission.prepare()
                 if isinstance(job, NestChunk):  # answered without decoding (an abstention)
-                    submission.put(job)
+                    _deliver(submission.put, job)
                     return
                 owners[loop.add(job, submission.put)] = submission
         except Exception as e:
-            submission.put(e)
+            _deliver(submission.put, e)
         self._count(loop)
 
     def _count(self, loop: BatchLoop) -> None:

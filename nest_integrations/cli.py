@@ -175,8 +175,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     options = _options(args, key_store=False, max_batch=args.max_batch)
     check_options(options)
-    if args.max_queue < 0 or not args.queue_timeout > 0 or args.max_tokens_limit < 1:
-        raise ConfigError("--max-queue must be >= 0, --queue-timeout > 0 and --max-tokens-limit >= 1.")
+    if args.max_queue < 0 or not args.queue_timeout > 0 or args.max_tokens_limit < 1 or args.graceful_timeout < 0:
+        raise ConfigError(
+            "--max-queue must be >= 0, --queue-timeout > 0, --max-tokens-limit >= 1 and --graceful-timeout >= 0."
+        )
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}.")
     engine = build_engine(options)
     limits = ServerLimits(
         max_tokens=args.max_tokens_limit, max_waiting=args.max_queue, queue_timeout_s=args.queue_timeout

@@ -20,7 +20,7 @@ from .batching import BatchLoop, BatchScheduler, DecodeJob
 from .citations import NestResult, NestStats
 from .config import NestConfig, default_config, with_overrides
 from .decoding import NestDecoder
-from .errors import ConfigError, PromptTooLongError
+from .errors import ConfigError, InvalidPromptError, PromptTooLongError
 from .lm import DEFAULT_MODEL, LoadedLM, Message, build_prompt_ids, last_user_text, load_lm, normalize_messages
 from .passages.retriever import PassageRetriever, StaticRetriever
 from .passages.types import Passage, ScoredPassage
@@ -164,6 +164,9 @@ class NestEngine:
             ValueError: ``passages`` or ``queries`` not of length B.
             Any error of one request's decoding, after the others have finished.
         """
+        if isinstance(prompts, str):
+            raise InvalidPromptError("generate_batch takes a list of prompts; for one prompt use generate().")
+        prompts = list(prompts)
         n = len(prompts)
         for name, given in (("passages", passages), ("queries", queries)):
             if given is not None and len(given) != n:

@@ -162,6 +162,8 @@ def test_generate_batch_checks_its_input_before_decoding(engine) -> None:
     with pytest.raises(ConfigError, match="max_batch"):
         NestEngine(engine.lm, max_batch=0)
     assert engine.generate_batch([]) == []
+    with pytest.raises(InvalidPromptError, match="list of prompts"):
+        engine.generate_batch("Tell me about Robert Boulter.")
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +266,55 @@ def test_a_batching_server_serves_50_concurrent_clients_each_as_if_alone(lm, cor
             time.sleep(0.1)
         assert health == {"status": "ok", "running": 0, "waiting": 0}
         assert batching._scheduler.active == 0
+
+
+def test_a_consumer_that_is_gone_leaves_the_rest_of_the_batch_alone(engine, mixed_requests, alone) -> None:
+    """A job whose chunks cannot be delivered (an asyncio submitter whose loop closed) is
+    dropped; the others decode on and the loop keeps serving."""
+    from nest_integrations.batching import BatchLoop
+
+    def prepare(i: int):
+        prompt, given = mixed_requests[i]
+        cfg = engine.call_config(max_new_tokens=40)
+        query = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        return engine._prepare(query, engine.prompt_ids(prompt), cfg, given)
+
+    def gone(item) -> None:
+        raise RuntimeError("Event loop is closed")
+
+    got = []
+    loop = BatchLoop(engine.lm)
+    loop.add(prepare(0), gone)
+    loop.add(prepare(1), got.append)
+    while loop.rows:
+        loop.step()
+    same_result(alone[1], got[-1].result)
+    assert len(loop.model) == 0
+
+
+def test_generate_batch_on_a_batching_engine_decodes_together(lm, corpus_retriever, mixed_requests, alone) -> None:
+    batching = NestEngine(lm, retriever=corpus_retriever, max_batch=4)
+    prompts, given = [p for p, _ in mixed_requests], [g for _, g in mixed_requests]
+    results = batching.generate_batch(prompts, passages=given, max_new_tokens=40)
+    for a, b in zip(alone, results, strict=True):
+        same_result(a, b)
+    scheduler = batching._scheduler
+    assert scheduler is not None and scheduler.peak_active >= 2
+    scheduler.close()  # what runs at interpreter exit: the thread ends, later requests are refused
+    assert scheduler._thread is not None and not scheduler._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        batching.generate("Hi", passages=[], max_new_tokens=2)
+
+
+def test_admission_counts_requests_arriving_together() -> None:
+    from nest_integrations.server.admission import Admission, Busy, TimedOut
+
+    async def main() -> tuple[int, int, int]:
+        admission = Admission(max_waiting=2, timeout=0.2, concurrency=4)
+        outcomes = await asyncio.gather(*(admission.acquire() for _ in range(10)), return_exceptions=True)
+        busy = sum(isinstance(o, Busy) for o in outcomes)
+        timed_out = sum(isinstance(o, TimedOut) for o in outcomes)
+        return busy, timed_out, admission.running
+
+    busy, timed_out, running = asyncio.run(main())
+    assert (busy, timed_out, running) == (4, 2, 4)  # 4 run, 2 wait (and time out), 4 refused at once

@@ -1,4 +1,4 @@
-"""A bounded queue in front of the model: one generation at a time, a few waiting, the rest refused."""
+"""A bounded queue in front of the model: a batch of generations at a time, a few waiting, the rest refused."""
 
 from __future__ import annotations
 
@@ -19,17 +19,19 @@ class Admission:
     def __init__(self, *, max_waiting: int, timeout: float, concurrency: int = 1) -> None:
         self.max_waiting = max_waiting
         self.timeout = timeout
+        self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self.waiting = 0
         self.running = 0
 
     async def acquire(self) -> None:
-        if self.waiting >= self.max_waiting and self._slots.locked():
+        # Counted before awaiting anything, so requests arriving together cannot all pass.
+        if self.running + self.waiting >= self.concurrency + self.max_waiting:
             raise Busy
         self.waiting += 1
         try:
             await asyncio.wait_for(self._slots.acquire(), self.timeout)
-        except TimeoutError as e:
+        except (TimeoutError, asyncio.TimeoutError) as e:  # distinct classes before Python 3.11
             raise TimedOut from e
         finally:
             self.waiting -= 1
