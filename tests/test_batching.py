@@ -318,3 +318,23 @@ def test_admission_counts_requests_arriving_together() -> None:
 
     busy, timed_out, running = asyncio.run(main())
     assert (busy, timed_out, running) == (4, 2, 4)  # 4 run, 2 wait (and time out), 4 refused at once
+
+
+def test_a_non_streaming_client_that_disconnects_frees_its_batch_place(lm, corpus_retriever) -> None:
+    httpx = pytest.importorskip("httpx")
+    from server_harness import running
+
+    from nest_integrations.server.openai_api import ServerLimits, create_app
+
+    batching = NestEngine(lm, retriever=corpus_retriever, max_batch=2)
+    body = {"model": lm.name, "messages": [{"role": "user", "content": "Tell me about Du Fu."}], "max_tokens": 2000}
+    with running(create_app(batching, limits=ServerLimits(max_tokens=2000))) as url:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=3)  # gives up long before 2000 tokens
+        for _ in range(150):  # 15 s: far less than decoding 2000 tokens takes here
+            health = httpx.get(f"{url}/health").json()
+            if health["running"] == 0 and batching._scheduler is not None and batching._scheduler.active == 0:
+                break
+            time.sleep(0.1)
+        assert health == {"status": "ok", "running": 0, "waiting": 0}
+        assert batching._scheduler is not None and batching._scheduler.active == 0

@@ -9,14 +9,15 @@ Nothing in a request names a file or a path.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -248,11 +249,13 @@ def create_app(
                 media_type="text/event-stream",
             )
         try:
-            result = await engine.agenerate(messages, **overrides)
+            result = await _unless_disconnected(request, engine.agenerate(messages, **overrides))
         except NestError as e:
             raise api_error_for(e) from e
         finally:
             admission.release()
+        if result is None:  # the client went away; its decoding was cancelled (no one reads this)
+            return JSONResponse(error_body("The client disconnected.", "invalid_request_error", None, None), 499)
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -274,6 +277,32 @@ def create_app(
         }
 
     return app
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Await ``work`` unless the client disconnects first: then cancel it (with a batching engine
+    its place in the batch frees at the next step) and return None.
+
+    The body has been read, so the next ASGI message is the disconnect (as StreamingResponse
+    watches for it)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        return None
+    finally:
+        for t in (task, watch):
+            if not t.done():
+                t.cancel()
+
+
+T = TypeVar("T")
 
 
 def _finish(reason: str) -> str:
