@@ -113,7 +113,6 @@ class BatchLoop:
         self.model = BatchedStepModel(lm, need_hidden=True)
         self.rows: dict[int, _Row] = {}
         self._next_key = 0
-        self.forwards = 0  # batched forwards run (a measure of how well requests shared steps)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -144,7 +143,6 @@ class BatchLoop:
             for key in list(requests):
                 self._fail(key, e)
             return
-        self.forwards += 1
         for key, output in outputs.items():
             self._advance(key, output)
 
@@ -200,12 +198,11 @@ def _deliver(emit: Emit, item: NestChunk | BaseException) -> bool:
     return True
 
 
-_DONE = object()
-
-
-def _is_last(item: Any) -> bool:
-    """A submission's stream ends with its result chunk, an exception, or _DONE."""
-    return item is _DONE or isinstance(item, BaseException) or item.result is not None
+def _received(item: NestChunk | BaseException) -> NestChunk:
+    """A chunk delivered to a submitter; an exception delivered instead is raised."""
+    if isinstance(item, BaseException):
+        raise item
+    return item
 
 
 _STOP = object()  # put in a scheduler's queue by close(): its thread ends
@@ -263,14 +260,10 @@ class BatchScheduler:
     def _drain(chunks: queue.SimpleQueue[Any], submission: _Submission) -> Iterator[NestChunk]:
         try:
             while True:
-                item = chunks.get()
-                if _is_last(item):
-                    if isinstance(item, BaseException):
-                        raise item
-                    if item is not _DONE:
-                        yield item
+                chunk = _received(chunks.get())
+                yield chunk
+                if chunk.result is not None:  # the last chunk
                     return
-                yield item
         finally:
             submission.cancelled.set()
 
@@ -291,14 +284,10 @@ class BatchScheduler:
         self._enqueue(submission)
         try:
             while True:
-                item = await chunks.get()
-                if _is_last(item):
-                    if isinstance(item, BaseException):
-                        raise item
-                    if item is not _DONE:
-                        yield item
+                chunk = _received(await chunks.get())
+                yield chunk
+                if chunk.result is not None:  # the last chunk
                     return
-                yield item
         finally:
             submission.cancelled.set()
 

@@ -96,10 +96,9 @@ class NestEngine:
         **overrides: Any,
     ) -> NestResult:
         """Answer ``prompt`` (a string or chat messages). See :meth:`stream` for the arguments."""
-        for chunk in self.stream(prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids, **overrides):
-            if chunk.result is not None:
-                return chunk.result
-        raise RuntimeError("the stream ended without a result")  # unreachable: the last chunk has one
+        return _last_result(
+            self.stream(prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids, **overrides)
+        )
 
     def stream(
         self,
@@ -125,15 +124,12 @@ class NestEngine:
                 tokenised twice; ``prompt`` still gives the query.
             **overrides: any :class:`NestConfig` field for this call only (e.g. ``max_new_tokens``).
         """
+        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
         if self._scheduler is not None:
-            yield from self._scheduler.submit(self._submission(prompt, passages, query, chat, prompt_ids, overrides))
+            yield from self._scheduler.submit(prepare)
             return
-        cfg = self.call_config(**overrides)
-        messages = normalize_messages(prompt)
-        ids = self._fits(list(prompt_ids)) if prompt_ids is not None else self._prompt_ids(messages, chat)
-        query = query or last_user_text(messages)
         with self._lock:
-            yield from self._stream_locked(query, ids, cfg, passages)
+            yield from _decode_alone(prepare())
 
     def generate_batch(
         self,
@@ -394,24 +390,19 @@ class NestEngine:
         budget = min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))
         return DecodeJob(decoder, answer, sources, stats, prompt_ids, budget, started=t2)
 
-    def _stream_locked(
-        self,
-        query: str,
-        prompt_ids: list[int],
-        cfg: NestConfig,
-        given: Sequence[Passage | ScoredPassage] | None,
-    ) -> Iterator[NestChunk]:
-        job = self._prepare(query, prompt_ids, cfg, given)
-        if isinstance(job, NestChunk):
-            yield job
-            return
-        for step in job.decoder.run(job.prompt_ids, job.max_new_tokens):
-            chunk = job.put(step)
-            if job.stopped:
-                break
-            if chunk is not None:
-                yield chunk
-        yield job.finish()
+
+def _decode_alone(job: DecodeJob | NestChunk) -> Iterator[NestChunk]:
+    """Decode one prepared request with its own KV cache (an abstention is its only chunk)."""
+    if isinstance(job, NestChunk):
+        yield job
+        return
+    for step in job.decoder.run(job.prompt_ids, job.max_new_tokens):
+        chunk = job.put(step)
+        if job.stopped:
+            break
+        if chunk is not None:
+            yield chunk
+    yield job.finish()
 
 
 def _last_result(chunks: Iterator[NestChunk]) -> NestResult:

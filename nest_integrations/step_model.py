@@ -82,9 +82,10 @@ def run_model(lm: LoadedLM, cache: Any, need_hidden: bool, **inputs: Any) -> Any
     return lm.model(**inputs, use_cache=True, output_hidden_states=need_hidden)
 
 
-def _outputs(out: Any, row: int, n: int, need_hidden: bool) -> StepOutput:
-    hidden = out.hidden_states[-2][row, :n] if need_hidden else None
-    return StepOutput(out.logits[row, :n], hidden)
+def _outputs(out: Any, start: int, n: int, need_hidden: bool) -> StepOutput:
+    """The outputs of the n tokens from ``start`` of a batch-of-one forward."""
+    hidden = out.hidden_states[-2][0, start : start + n] if need_hidden else None
+    return StepOutput(out.logits[0, start : start + n], hidden)
 
 
 class SingleStepModel:
@@ -196,11 +197,7 @@ class BatchedStepModel:
             position_ids=torch.tensor([positions], dtype=torch.long, device=device),
         )
         self.owner = owner
-        outputs = {}
-        for row, (start, n) in offsets.items():
-            hidden = out.hidden_states[-2][0, start : start + n] if self.need_hidden else None
-            outputs[row] = StepOutput(out.logits[0, start : start + n], hidden)
-        return outputs
+        return {row: _outputs(out, start, n, self.need_hidden) for row, (start, n) in offsets.items()}
 
     def _rollback(self, row: int, keep: int) -> None:
         """Drop a row's positions from ``keep`` on: cropped off the cache when they are its last
