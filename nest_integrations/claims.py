@@ -94,11 +94,16 @@ class ClaimTracker:
         self.citations: list[Citation] = []  # final, in output order
         self.fragments: list[Citation] = []
         self._open: _Run | None = None
+        self._spans: dict[int, list[list[int]]] = {}
 
     def _source_span(self, prov: Provenance) -> tuple[int, int]:
-        enc = self.encoded[prov.passage]
-        a, b = enc.char_spans[prov.position]
-        return int(a) - enc.text_offset, int(b) - enc.text_offset
+        """Char range of a copied token in its passage's text (negative: in the title before it)."""
+        spans = self._spans.get(prov.passage)
+        if spans is None:  # once per passage copied from: a list reads faster than numpy, token by token
+            enc = self.encoded[prov.passage]
+            spans = self._spans[prov.passage] = (enc.char_spans - enc.text_offset).tolist()
+        a, b = spans[prov.position]
+        return a, b
 
     def add(self, text: Chars, prov: Provenance | None, start: int, end: int) -> None:
         """One committed output token: its provenance (None: generated) and char range in ``text``."""
@@ -236,7 +241,6 @@ class ClaimTracker:
 
 _SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")
 _WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*")
-_LAST_WORD = re.compile(r"(\w+(?:['’\-]\w+)*)\W*$")
 
 
 def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: int) -> tuple[int, int, int, int]:
@@ -255,8 +259,8 @@ def _previous_word(text: Chars, end: int) -> str | None:
     before = text[max(0, end - 200) : end]
     if not before.strip() or before.rstrip()[-1:] in (".", "!", "?") or before.rstrip(" \t")[-1:] == "\n":
         return None
-    m = _LAST_WORD.search(before)
-    return m.group(1) if m else None
+    words = _WORD_RE.findall(before)  # linear; a search for "word, then only non-words to the end" is quadratic
+    return words[-1] if words else None
 
 
 def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int) -> bool:

@@ -28,6 +28,18 @@ class NestChunk(BaseModel):
     citations: list[Citation] = Field(default_factory=list)
     result: NestResult | None = None
 
+    @classmethod
+    def of_step(cls, text: str, token_ids: list[int], copied: bool, citations: list[Citation]) -> NestChunk:
+        """A chunk built without validation (as ``model_construct``, at a third of its cost): the
+        streaming hot path, where every field is produced with its type."""
+        chunk = cls.__new__(cls)
+        fields = {"text": text, "token_ids": token_ids, "copied": copied, "citations": citations, "result": None}
+        object.__setattr__(chunk, "__dict__", fields)
+        object.__setattr__(chunk, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(chunk, "__pydantic_extra__", None)
+        object.__setattr__(chunk, "__pydantic_private__", None)
+        return chunk
+
 
 class AnswerAssembler:
     """Collects decoded tokens and their provenance; releases text and final citations."""
@@ -48,34 +60,32 @@ class AnswerAssembler:
         self.provenance: list[Provenance | None] = []
         self.stop_at: int | None = None  # char where a stop string begins, once one is seen
         self._released = 0  # chars of text streamed so far
+        self._unreleased = ""  # text after those chars: a possible partial stop string
         self._cited = 0  # citations streamed so far
 
     def put(self, tokens: Sequence[int], provenance: Sequence[Provenance | None]) -> NestChunk | None:
         """Add one decoding step; returns the chunk it releases, if any (None after a stop string)."""
-        kept = len(tokens)
-        for i, t in enumerate(tokens):
-            if t in self.eos:
-                kept = i
-                break
-        self.provenance.extend(provenance if kept == len(tokens) else provenance[:kept])
-        self._feed_claims(self.detok.put(tokens if kept == len(tokens) else tokens[:kept]))
-        text = self.detok.text
-        self.stop_at = self.stops.scan(text)
+        kept_tokens, kept_provenance = tokens, provenance
+        if self.eos and not self.eos.isdisjoint(tokens):
+            kept = next(i for i, t in enumerate(tokens) if t in self.eos)
+            kept_tokens, kept_provenance = tokens[:kept], provenance[:kept]
+        d = self.detok
+        self.provenance.extend(kept_provenance)
+        self._feed_claims(d.put(kept_tokens))
+        new = d.appended
+        if self.stop_at is None:
+            self.stop_at = self.stops.feed(new)
         if self.stop_at is not None:
             return None
-        safe = self.stops.releasable(len(text))
+        self._unreleased += new
+        safe = self.stops.releasable(len(d.text))
         if safe <= self._released:
             return None
-        # Built without re-validation: every field is produced here with its type (saves ~5 us a token).
-        chunk = NestChunk.model_construct(
-            text=text[self._released : safe],
-            token_ids=list(tokens),
-            copied=any(p is not None for p in provenance),
-            citations=self._final_citations(safe),
-            result=None,
-        )
+        n = safe - self._released
+        released, self._unreleased = self._unreleased[:n], self._unreleased[n:]
         self._released = safe
-        return chunk
+        copied = provenance[0] is not None if len(provenance) == 1 else any(p is not None for p in provenance)
+        return NestChunk.of_step(released, list(tokens), copied, self._final_citations(safe))
 
     def _feed_claims(self, committed: int, dropped: int = 0) -> None:
         """Give the claims the last ``committed`` tokens, but the ``dropped`` ones (no text) at their end."""
@@ -84,6 +94,8 @@ class AnswerAssembler:
             self.claims.add(d.text, self.provenance[i], d.starts[i], d.ends[i])
 
     def _final_citations(self, limit: int) -> list[Citation]:
+        if self._cited == len(self.claims.citations):
+            return []  # most steps close no claim
         open_start = self.claims.open_start()
         if open_start is not None:
             limit = min(limit, open_start)
@@ -100,7 +112,7 @@ class AnswerAssembler:
         d = self.detok
         text, tokens, provenance = str(d.text), d.tokens, self.provenance
         if self.stop_at is None:
-            self.stop_at = self.stops.scan(text)
+            self.stop_at = self.stops.feed(d.appended)
         if self.stop_at is not None:
             text = text[: self.stop_at]
             keep = sum(1 for s in d.starts if s < self.stop_at)

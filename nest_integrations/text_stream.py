@@ -120,9 +120,12 @@ class Chars(Protocol):
     def __getitem__(self, i: slice) -> str: ...
 
 
+_BLOCK = 256  # GrowingText merges appended pieces into blocks of about this many chars
+
+
 class GrowingText:
-    """Append-only text kept as pieces, so appending and reading recent chars cost O(piece),
-    not O(length) as ``str +=`` on an attribute does."""
+    """Append-only text kept as blocks of a few hundred chars, so appending and reading a range
+    cost O(range + block), not O(length) as ``str +=`` on an attribute does."""
 
     def __init__(self) -> None:
         self._pieces: list[str] = []
@@ -131,11 +134,18 @@ class GrowingText:
         self._joined: str | None = ""
 
     def append(self, piece: str) -> None:
-        if piece:
-            self._pieces.append(piece)
+        if not piece:
+            return
+        pieces = self._pieces
+        if pieces and len(pieces[-1]) < _BLOCK:
+            block = pieces.pop()
+            block += piece  # the only reference: CPython grows it in place
+            pieces.append(block)
+        else:
+            pieces.append(piece)
             self._offsets.append(self._length)
-            self._length += len(piece)
-            self._joined = None
+        self._length += len(piece)
+        self._joined = None
 
     def __len__(self) -> int:
         return self._length
@@ -167,12 +177,15 @@ class GrowingText:
             last = self._offsets[-1]
             return self._pieces[-1][start - last : stop - last]
         first = bisect.bisect_right(self._offsets, start) - 1
+        offset = self._offsets[first]
+        if stop - offset <= len(self._pieces[first]):  # within one block
+            return self._pieces[first][start - offset : stop - offset]
         parts = []
         k = first
         while k < len(self._pieces) and self._offsets[k] < stop:
             parts.append(self._pieces[k])
             k += 1
-        return "".join(parts)[start - self._offsets[first] : stop - self._offsets[first]]
+        return "".join(parts)[start - offset : stop - offset]
 
 
 class IncrementalDetokenizer:
@@ -198,22 +211,29 @@ class IncrementalDetokenizer:
         self.dropped = 0  # last tokens whose unfinished character flush() dropped (they are committed)
         self._prefix = 0  # the decode window starts at this token (a little before ``committed``)
         self._prefix_text = ""  # decode(tokens[_prefix:committed])
+        self.appended = ""  # the text the last put() or flush() added
 
     def _decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
     def put(self, ids: Sequence[int]) -> int:
         """Append token ids; returns how many tokens were committed to ``text`` by this call."""
-        before = self.committed
-        if self._bytes is not None:
+        before, length = self.committed, len(self.text)
+        table = self._bytes
+        if table is not None:  # the hot path: a table lookup and an incremental UTF-8 decode a token
+            decode, size, tokens = self._utf8.decode, len(table), self.tokens
             for t in ids:
-                self.tokens.append(t)
-                self._append(self._utf8.decode(self._bytes[t] if t < len(self._bytes) else b""))
+                tokens.append(t)
+                new = decode(table[t] if 0 <= t < size else b"")
+                if new or not self._utf8.getstate()[0]:  # else the token ends inside a character
+                    self._commit(new, len(tokens) - self.committed)
+            self.appended = new if len(ids) == 1 else self.text[length : len(self.text)]
             return self.committed - before
         self.tokens.extend(ids)
         for end in range(self.committed + 1, len(self.tokens) + 1):
             if end > self.committed:
                 self._try_commit(end, force=end - self.committed >= _MAX_PENDING_TOKENS)
+        self.appended = self.text[length : len(self.text)]
         return self.committed - before
 
     def flush(self) -> int:
@@ -222,7 +242,7 @@ class IncrementalDetokenizer:
         Pending tokens that end inside a character (the output was cut there) are committed
         with no text, and counted in ``dropped``: the text never ends in a U+FFFD of a cut character.
         """
-        before = self.committed
+        before, length = self.committed, len(self.text)
         if self._bytes is not None:
             # The decoder holds only the bytes of an unfinished character: all the pending tokens are its.
             if self._utf8.decode(b"", final=True):
@@ -235,24 +255,22 @@ class IncrementalDetokenizer:
                 self._drop_pending()
             else:
                 self._try_commit(len(self.tokens), force=True)
+        self.appended = self.text[length : len(self.text)]
         return self.committed - before
 
     def _drop_pending(self) -> None:
         self.dropped = len(self.tokens) - self.committed
         self._commit("", self.dropped)
 
-    def _append(self, new: str, *, final: bool = False) -> None:
-        """Byte path: ``new`` completes the pending tokens (an unfinished character yields "")."""
-        pending = len(self.tokens) - self.committed
-        if not pending or (not new and not final and self._utf8.getstate()[0]):
-            return  # the last token ends inside a character
-        self._commit(new, pending)
-
     def _commit(self, new: str, count: int) -> None:
         start = len(self.text)
         self.text.append(new)
-        self.starts.extend([start] * count)
-        self.ends.extend([len(self.text)] * count)
+        if count == 1:
+            self.starts.append(start)
+            self.ends.append(start + len(new))
+        else:
+            self.starts.extend([start] * count)
+            self.ends.extend([start + len(new)] * count)
         self.committed += count
 
     def _try_commit(self, end: int, *, force: bool) -> None:
@@ -269,23 +287,29 @@ class IncrementalDetokenizer:
 
 
 class StopScanner:
-    """Finds the first stop string in a growing text, scanning only text not scanned before."""
+    """Finds the first stop string in a growing text, given only the text appended each time."""
 
     def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = list(stops)
-        # A stop string may straddle two puts: keep this many chars unreleased and rescan them.
+        self.stops = [s for s in stops if s]
+        # A stop string may straddle two feeds: keep this many chars unreleased and rescan them.
         self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self._scanned = 0
+        self._tail = ""  # the last ``hold`` chars fed
+        self._length = 0  # chars fed so far
 
-    def scan(self, text: Chars) -> int | None:
-        """Char index of the earliest stop string in ``text``, or None."""
-        if not self.stops:
+    def feed(self, new: str) -> int | None:
+        """Append ``new`` to the text; the char index of the earliest stop string that ends in it, or None."""
+        base = self._length - len(self._tail)
+        self._length += len(new)
+        if not self.stops or not new:
             return None
-        start = max(0, self._scanned - self.hold)
-        self._scanned = len(text)
-        tail = text[start : len(text)]
-        found = [i for i in (tail.find(s) for s in self.stops) if i >= 0]
-        return start + min(found) if found else None
+        window = self._tail + new
+        self._tail = window[len(window) - self.hold :] if self.hold else ""
+        first = -1
+        for stop in self.stops:
+            i = window.find(stop)
+            if i >= 0 and (first < 0 or i < first):
+                first = i
+        return base + first if first >= 0 else None
 
     def releasable(self, length: int) -> int:
         """How many chars of a text of ``length`` can be shown: all but a possible partial stop string."""

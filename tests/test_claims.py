@@ -152,9 +152,11 @@ def test_claim_cut_by_a_stop_string_ends_at_a_word_boundary() -> None:
 
 def test_stop_scanner_finds_a_stop_string_split_across_puts() -> None:
     scanner = StopScanner(["\n\n"])
-    assert scanner.scan("Hello\n") is None
+    assert scanner.feed("Hello\n") is None
     assert scanner.releasable(len("Hello\n")) == 5
-    assert scanner.scan("Hello\n\nmore") == 5
+    assert scanner.feed("") is None
+    assert scanner.feed("\nmore") == 5
+    assert StopScanner(["ab", "b"]).feed("xab") == 1  # the earliest of several stop strings
 
 
 def _lock(passages: list[list[int]]) -> SentenceLock:
@@ -215,10 +217,13 @@ def test_growing_text_reads_like_the_string_it_holds() -> None:
 
     rng = random.Random(0)
     grown, plain = GrowingText(), ""
-    for _ in range(200):
-        piece = "".join(rng.choice("ab é😀\n") for _ in range(rng.randrange(0, 4)))
+    for step in range(1500):  # a few thousand chars: many blocks, some pieces longer than a block
+        size = rng.randrange(0, 4) if rng.random() < 0.95 else rng.randrange(200, 600)
+        piece = "".join(rng.choice("ab é😀\n") for _ in range(size))
         grown.append(piece)
         plain += piece
+        if step % 400 == 399:
+            assert str(grown) == plain  # joining in the middle leaves it appendable
         a, b = sorted(rng.randrange(0, len(plain) + 2) for _ in range(2))
         assert grown[a:b] == plain[a:b] and len(grown) == len(plain)
         if plain:
