@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .citations import NestResult, NestStats, Provenance
 from .decoding import DecodeCounters, DecodeStep, NestDecoder
@@ -109,8 +109,21 @@ class BatchLoop:
     or the exception that ended that job alone.
     """
 
-    def __init__(self, lm: LoadedLM) -> None:
+    def __init__(self, lm: LoadedLM, verify_chunk: int | Literal["auto"] | None = "auto") -> None:
+        """``verify_chunk``: while other rows share the batch, a row verifies its draft at most this
+        many tokens a step (a piece with a rejection ends it; greedy output does not change);
+        None: whole drafts. "auto": 8 on a CPU, where a forward costs about as much per token
+        past ~8 tokens and one row's 64-token draft would make every row's step several times
+        longer (8 measured best of 2-16 and whole drafts, ``benchmarks/RESULTS.md``); None elsewhere."""
         self.model = BatchedStepModel(lm, need_hidden=True)
+        if (
+            verify_chunk is not None
+            and verify_chunk != "auto"
+            and (not isinstance(verify_chunk, int) or verify_chunk < 1)
+        ):
+            raise ValueError(f"verify_chunk must be an integer >= 1, None or 'auto', got {verify_chunk!r}")
+        self.verify_chunk = verify_chunk
+        self._cpu = lm.device.type == "cpu"
         self.rows: dict[int, _Row] = {}
         self._next_key = 0
 
@@ -124,6 +137,14 @@ class BatchLoop:
         self.rows[key] = _Row(job, job.steps(), emit)
         self._advance(key, None)
         return key
+
+    def _chunk(self) -> int | None:
+        """The draft piece a row verifies per step now (None: whole): only while it has company."""
+        if len(self.rows) < 2:
+            return None
+        if self.verify_chunk == "auto":
+            return 8 if self._cpu else None
+        return self.verify_chunk
 
     def cancel(self, key: int) -> None:
         """Stop a job now (e.g. its client went away); the others are not disturbed."""
@@ -149,6 +170,7 @@ class BatchLoop:
     def _advance(self, key: int, output: StepOutput | None) -> None:
         """Run a job's decoder until its next forward request, delivering its chunks."""
         row = self.rows[key]
+        row.job.decoder.verify_chunk = self._chunk()
         try:
             event = row.events.send(output) if output is not None else next(row.events)
             while isinstance(event, DecodeStep):

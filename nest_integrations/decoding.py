@@ -64,6 +64,31 @@ class _Mixture:
         )
 
 
+class _Rows:
+    """Mixtures of consecutive draft positions, computed piece by piece; read as one."""
+
+    def __init__(self) -> None:
+        self.parts: list[_Mixture] = []
+        self._length = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def append(self, part: _Mixture) -> None:
+        self.parts.append(part)
+        self._length += int(part.lam.shape[0])
+
+    def lam(self) -> torch.Tensor:
+        return torch.cat([p.lam for p in self.parts])
+
+    def row(self, i: int) -> _Mixture:
+        for part in self.parts:
+            if i < part.lam.shape[0]:
+                return part.row(i)
+            i -= int(part.lam.shape[0])
+        raise IndexError(i)
+
+
 class NestDecoder:
     """Runs NEST decoding for one prompt over one token index (or none: plain LM)."""
 
@@ -78,6 +103,9 @@ class NestDecoder:
         if config.seed is not None:
             self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.length = 0  # positions of this sequence the step model holds (prompt and output)
+        # Verify drafts in pieces of this many tokens (None: whole). Set by a batch, where one row's
+        # long draft would make every row's step long; greedy output does not depend on it.
+        self.verify_chunk: int | None = None
         self.last_token = -1  # the token the next one follows (set from the prompt in ``run``)
         self.after_boundary = False  # whether last_token ends a sentence or is special (a Python bool: no sync)
         # Keys after which a copy starts a sentence: the passage text's first token, or after . ! ? \n
@@ -219,7 +247,7 @@ class NestDecoder:
         ``DecodeStep`` for tokens appended to the output (send nothing).
         """
         self.length = 0
-        out = yield from self._forward(prompt_ids)
+        out = yield from self._forward(prompt_ids, outputs=1)  # only the last position is read
         self._follow(prompt_ids[-1])
         m = self._mixture(out.logits[-1:], None if out.hidden is None else out.hidden[-1:], self._answer_start_keys())
         produced = 0
@@ -248,9 +276,10 @@ class NestDecoder:
             out = yield from self._forward([token])
             m = self._mixture(out.logits, out.hidden)
 
-    def _forward(self, tokens: Sequence[int]) -> Generator[Forward, StepOutput, StepOutput]:
-        """Ask for the LM on ``tokens`` after the first ``self.length`` positions of the sequence."""
-        out = yield Forward(list(tokens), self.length)
+    def _forward(self, tokens: Sequence[int], outputs: int | None = None) -> Generator[Forward, StepOutput, StepOutput]:
+        """Ask for the LM on ``tokens`` after the first ``self.length`` positions of the sequence
+        (outputs for the last ``outputs`` of them; None: all)."""
+        out = yield Forward(list(tokens), self.length, outputs)
         self.length += len(tokens)
         return out
 
@@ -317,13 +346,24 @@ class NestDecoder:
         passage, start = source
         n = int(draft.numel())
         base = self.length
-        out = yield from self._forward(draft.tolist())
-        after = self._mixture(
-            out.logits, out.hidden, forced=self._forced_after(source, draft)
-        )  # row i: after draft token i
-        rest = self._accepts(after.p_mix[:-1], draft[1:].to(after.p_mix.device))
-        accepted = 1 + accepted_length(rest)
-        lams = torch.cat([m.lam, after.lam[: accepted - 1]]).tolist()
+        forced = self._forced_after(source, draft)
+        # Row i of ``after``: the mixture after draft token i. The draft goes to the LM in pieces of
+        # ``verify_chunk`` tokens (all at once when None); a piece with a rejection ends it, so the
+        # rest is never computed. The mixtures see the same masks either way (nothing is recorded
+        # until the end), so the accepted prefix is the same as in one piece.
+        chunk = n if self.verify_chunk is None or self.cfg.do_sample else self.verify_chunk
+        after = _Rows()
+        accepted = 1
+        while len(after) < n and accepted == len(after) + 1:
+            piece = draft[len(after) : len(after) + chunk]
+            out = yield from self._forward(piece.tolist())
+            part = self._mixture(
+                out.logits, out.hidden, forced=None if forced is None else forced[len(after) : len(after) + len(piece)]
+            )
+            checked = draft[len(after) + 1 : len(after) + 1 + len(piece)]  # the tokens these rows predict
+            accepted += accepted_length(self._accepts(part.p_mix[: len(checked)], checked.to(part.p_mix.device)))
+            after.append(part)
+        lams = torch.cat([m.lam, after.lam()[: accepted - 1]]).tolist()
         prov: list[Provenance | None] = [Provenance(passage, start + i, 1 - lams[i]) for i in range(accepted)]
         tokens = draft[:accepted].tolist()
         self.counters.accepted_spans.append(accepted)

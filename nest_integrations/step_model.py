@@ -33,15 +33,27 @@ __all__ = ["BatchedStepModel", "Forward", "SingleStepModel", "StepModel", "StepO
 
 @dataclass(frozen=True)
 class Forward:
-    """One row's request: truncate its cache to ``keep`` positions, then run ``tokens`` (n >= 1)."""
+    """One row's request: truncate its cache to ``keep`` positions, then run ``tokens`` (n >= 1).
+
+    ``outputs``: only the last this many tokens need logits and hidden states (a prompt needs
+    its last one); None: all n. The LM head, a fifth of a small model's compute per token, then
+    runs on those alone (transformers' ``logits_to_keep``).
+    """
 
     tokens: Sequence[int]
     keep: int
+    outputs: int | None = None
+
+    def wanted(self) -> int:
+        """How many trailing tokens get outputs."""
+        n = len(self.tokens)
+        return n if self.outputs is None else max(1, min(self.outputs, n))
 
 
 @dataclass(frozen=True)
 class StepOutput:
-    """For the n tokens of a :class:`Forward`: logits (n, V), second-to-last-layer hidden states (n, D) or None."""
+    """For the last k = ``Forward.wanted()`` tokens of a :class:`Forward`: logits (k, V),
+    second-to-last-layer hidden states (k, D) or None."""
 
     logits: torch.Tensor
     hidden: torch.Tensor | None
@@ -76,16 +88,39 @@ def _cache_argument(model_class: type) -> str:
     return name
 
 
-def run_model(lm: LoadedLM, cache: Any, need_hidden: bool, **inputs: Any) -> Any:
-    """One forward of ``lm.model`` that appends to ``cache`` (a transformers ``Cache``, updated in place)."""
+_KEEPS_LOGITS: dict[type, bool] = {}
+
+
+def _takes_logits_to_keep(model_class: type) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (most transformers causal LMs do)."""
+    known = _KEEPS_LOGITS.get(model_class)
+    if known is None:
+        parameters = inspect.signature(model_class.forward).parameters  # type: ignore[attr-defined]
+        known = _KEEPS_LOGITS[model_class] = "logits_to_keep" in parameters
+    return known
+
+
+def run_model(
+    lm: LoadedLM, cache: Any, need_hidden: bool, logits_to_keep: int | torch.Tensor = 0, **inputs: Any
+) -> Any:
+    """One forward of ``lm.model`` that appends to ``cache`` (a transformers ``Cache``, updated in place).
+
+    ``logits_to_keep``: transformers' (0: every position; k: the last k; a 1-D tensor: those
+    positions). A model without the argument returns every position's logits; :func:`_logits`
+    picks the kept ones either way.
+    """
     inputs[_cache_argument(type(lm.model))] = cache
+    if _takes_logits_to_keep(type(lm.model)) and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+        inputs["logits_to_keep"] = logits_to_keep
     return lm.model(**inputs, use_cache=True, output_hidden_states=need_hidden)
 
 
-def _outputs(out: Any, start: int, n: int, need_hidden: bool) -> StepOutput:
-    """The outputs of the n tokens from ``start`` of a batch-of-one forward."""
-    hidden = out.hidden_states[-2][0, start : start + n] if need_hidden else None
-    return StepOutput(out.logits[0, start : start + n], hidden)
+def _logits(out: Any, kept: int | torch.Tensor, total: int) -> torch.Tensor:
+    """(K, V) logits of the kept positions of a batch-of-one forward over ``total`` tokens."""
+    logits = out.logits[0]
+    if logits.shape[0] == total and not (isinstance(kept, int) and kept == 0):  # the model computed them all
+        return logits[-kept:] if isinstance(kept, int) else logits[kept]
+    return logits
 
 
 class SingleStepModel:
@@ -108,9 +143,12 @@ class SingleStepModel:
             self.cache.crop(request.keep - self.length)  # a negative count removes that many positions
             self.length = request.keep
         ids = torch.tensor([list(request.tokens)], dtype=torch.long, device=self.lm.device)
-        out = run_model(self.lm, self.cache, self.need_hidden, input_ids=ids)
-        self.length += len(request.tokens)
-        return {row: _outputs(out, 0, len(request.tokens), self.need_hidden)}
+        n, k = len(request.tokens), request.wanted()
+        kept = 0 if k == n else k
+        out = run_model(self.lm, self.cache, self.need_hidden, logits_to_keep=kept, input_ids=ids)
+        self.length += n
+        hidden = out.hidden_states[-2][0, n - k :] if self.need_hidden else None
+        return {row: StepOutput(_logits(out, kept, n), hidden)}
 
     def release(self, row: int) -> None:
         self.cache = _new_cache(self.lm)
@@ -188,16 +226,39 @@ class BatchedStepModel:
             # Additive, in the model's dtype: eager attention adds it; SDPA takes it as is.
             mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=device)
             mask.masked_fill_(~allowed, torch.finfo(self.lm.dtype).min)
+        # Logits only where rows want them: each row's last k tokens (as one row alone asks for them).
+        wanted = {row: request.wanted() for row, request in requests.items()}
+        kept: int | torch.Tensor = 0
+        if len(requests) == 1:
+            ((row, k),) = wanted.items()
+            kept = 0 if k == n_new else k
+        elif any(k < offsets[row][1] for row, k in wanted.items()):
+            kept = torch.tensor(
+                [i for row, (start, n) in offsets.items() for i in range(start + n - wanted[row], start + n)],
+                dtype=torch.long,
+                device=device,
+            )
         out = run_model(
             self.lm,
             self.cache,
             self.need_hidden,
+            logits_to_keep=kept,
             input_ids=torch.tensor([ids], dtype=torch.long, device=device),
             attention_mask=mask,
             position_ids=torch.tensor([positions], dtype=torch.long, device=device),
         )
         self.owner = owner
-        return {row: _outputs(out, start, n, self.need_hidden) for row, (start, n) in offsets.items()}
+        logits = _logits(out, kept, n_new)
+        hidden = out.hidden_states[-2][0] if self.need_hidden else None
+        results, at = {}, 0
+        for row, (start, n) in offsets.items():
+            k = wanted[row]
+            rows_at = at if not (isinstance(kept, int) and kept == 0) else start + n - k
+            results[row] = StepOutput(
+                logits[rows_at : rows_at + k], None if hidden is None else hidden[start + n - k : start + n]
+            )
+            at += k
+        return results
 
     def _rollback(self, row: int, keep: int) -> None:
         """Drop a row's positions from ``keep`` on: cropped off the cache when they are its last

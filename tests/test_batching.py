@@ -29,15 +29,18 @@ def test_batched_step_model_gives_each_row_its_logits_alone(lm) -> None:
     prompts = ["Tell me about Robert Boulter.", "Who was Nero? Answer in detail, with dates.", "Hi"]
     ids = [lm.tokenizer(p)["input_ids"] for p in prompts]
     rng = random.Random(0)
-    # Per row: 12 forwards of 1-9 tokens, each after rolling back 0-2 positions.
-    scripts = [[(rng.choice([0, 0, 1, 2]), draft(rng)) for _ in range(12)] for _ in prompts]
+    # Per row: 12 forwards of 1-9 tokens, each after rolling back 0-2 positions, some wanting
+    # outputs for their last tokens only (as a prompt does).
+    scripts = [
+        [(rng.choice([0, 0, 1, 2]), draft(rng), rng.choice([None, None, 1, 2])) for _ in range(12)] for _ in prompts
+    ]
 
     def alone(r: int) -> list:
         model, length = SingleStepModel(lm, need_hidden=True), len(ids[r])
-        outs = [model.step({0: Forward(ids[r], 0)})[0]]
-        for roll, tokens in scripts[r]:
+        outs = [model.step({0: Forward(ids[r], 0, outputs=1)})[0]]
+        for roll, tokens, wanted in scripts[r]:
             keep = max(len(ids[r]), length - roll)
-            outs.append(model.step({0: Forward(tokens, keep)})[0])
+            outs.append(model.step({0: Forward(tokens, keep, wanted)})[0])
             length = keep + len(tokens)
         return outs
 
@@ -49,11 +52,11 @@ def test_batched_step_model_gives_each_row_its_logits_alone(lm) -> None:
         for r in range(3):
             i = step - 2 * r  # row r joins at step 2r
             if i == 0:
-                requests[r], length[r] = Forward(ids[r], 0), len(ids[r])
+                requests[r], length[r] = Forward(ids[r], 0, outputs=1), len(ids[r])
             elif 1 <= i <= 12:
-                roll, tokens = scripts[r][i - 1]
+                roll, tokens, wanted = scripts[r][i - 1]
                 keep = max(len(ids[r]), length[r] - roll)
-                requests[r], length[r] = Forward(tokens, keep), keep + len(tokens)
+                requests[r], length[r] = Forward(tokens, keep, wanted), keep + len(tokens)
             elif i == 13:
                 batched.release(r)
         for r, out in batched.step(requests).items():
@@ -62,6 +65,7 @@ def test_batched_step_model_gives_each_row_its_logits_alone(lm) -> None:
         reference = alone(r)
         assert len(outs[r]) == len(reference) == 13
         for a, b in zip(reference, outs[r], strict=True):
+            assert a.logits.shape == b.logits.shape and a.hidden.shape == b.hidden.shape
             assert torch.equal(a.logits.argmax(-1), b.logits.argmax(-1))
             torch.testing.assert_close(b.logits, a.logits, atol=1e-3, rtol=0)
             torch.testing.assert_close(b.hidden, a.hidden, atol=1e-2, rtol=0)
@@ -74,11 +78,11 @@ def test_a_lone_row_of_the_batched_step_model_is_bitwise_the_single_model(lm) ->
     ids = lm.tokenizer("Who was Nero?")["input_ids"]
     single, batched = SingleStepModel(lm, need_hidden=True), BatchedStepModel(lm, need_hidden=True)
     length = len(ids)
-    requests = [Forward(ids, 0)]
+    requests = [Forward(ids, 0, outputs=1)]
     for _ in range(10):
         keep = max(len(ids), length - rng.choice([0, 1, 3]))
         tokens = draft(rng)
-        requests.append(Forward(tokens, keep))
+        requests.append(Forward(tokens, keep, rng.choice([None, 1])))
         length = keep + len(tokens)
     for request in requests:
         a, b = single.step({0: request})[0], batched.step({7: request})[7]
@@ -137,6 +141,33 @@ def test_generate_batch_equals_generate_for_each_prompt(engine, mixed_requests, 
         same_result(a, b)
         assert_citations_exact(b)
     assert any(r.citations for r in batched)  # the comparison covers citations, not only plain text
+
+
+def test_drafts_verified_in_pieces_give_the_same_answers(engine, mixed_requests, alone, monkeypatch) -> None:
+    """A batch on a CPU verifies drafts 8 tokens a step; any piece size gives the same greedy
+    answer as whole drafts (a piece with a rejection ends the verification)."""
+    from nest_integrations import decoding
+
+    pieces = []
+    original = decoding.NestDecoder._forward
+
+    def forward(self, tokens, outputs=None):
+        if outputs is None:  # not a prompt
+            pieces.append(len(tokens))
+        return (yield from original(self, tokens, outputs))
+
+    monkeypatch.setattr(decoding.NestDecoder, "_forward", forward)
+    init = decoding.NestDecoder.__init__
+
+    def with_pieces(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.verify_chunk = 3
+
+    monkeypatch.setattr(decoding.NestDecoder, "__init__", with_pieces)
+    for (prompt, given), whole in zip(mixed_requests, alone, strict=True):
+        same_result(whole, engine.generate(prompt, passages=given, max_new_tokens=40))
+    assert max(r.stats.mean_accepted_span for r in alone) > 3  # spans longer than a piece were accepted
+    assert pieces and max(pieces) <= 3
 
 
 def test_generate_batch_applies_stop_strings_and_grounded_only_per_row(engine, boulter_passages) -> None:
@@ -338,3 +369,21 @@ def test_a_non_streaming_client_that_disconnects_frees_its_batch_place(lm, corpu
             time.sleep(0.1)
         assert health == {"status": "ok", "running": 0, "waiting": 0}
         assert batching._scheduler is not None and batching._scheduler.active == 0
+
+
+def test_outputs_for_the_last_tokens_only_without_logits_to_keep(lm, monkeypatch) -> None:
+    """A model whose forward lacks ``logits_to_keep`` computes every position; the step models
+    still return only the wanted ones, equal to those a model with the argument returns."""
+    from nest_integrations import step_model
+
+    ids = lm.tokenizer("Who was Nero?")["input_ids"]
+    requests = {0: Forward(ids, 0, outputs=1), 1: Forward(ids[:-1], 0, outputs=2)}
+    with_argument = BatchedStepModel(lm, need_hidden=True).step(requests)
+    monkeypatch.setitem(step_model._KEEPS_LOGITS, type(lm.model), False)
+    without = BatchedStepModel(lm, need_hidden=True).step(requests)
+    single = SingleStepModel(lm, need_hidden=False).step({0: Forward(ids, 0, outputs=1)})[0]
+    for r in requests:
+        assert with_argument[r].logits.shape == (requests[r].wanted(), lm.model.config.vocab_size)
+        torch.testing.assert_close(without[r].logits, with_argument[r].logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(without[r].hidden, with_argument[r].hidden, atol=1e-4, rtol=0)
+    torch.testing.assert_close(single.logits, with_argument[0].logits, atol=1e-3, rtol=0)
