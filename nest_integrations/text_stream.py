@@ -303,7 +303,7 @@ class StopScanner:
         if not self.stops or not new:
             return None
         window = self._tail + new
-        self._tail = window[len(window) - self.hold :] if self.hold else ""
+        self._tail = window[-self.hold :] if self.hold else ""  # a window shorter than hold is kept whole
         first = -1
         for stop in self.stops:
             i = window.find(stop)

@@ -157,6 +157,27 @@ def test_stop_scanner_finds_a_stop_string_split_across_puts() -> None:
     assert scanner.feed("") is None
     assert scanner.feed("\nmore") == 5
     assert StopScanner(["ab", "b"]).feed("xab") == 1  # the earliest of several stop strings
+    long = StopScanner(["Robert Boulter"])  # longer than the first pieces fed
+    assert [long.feed(p) for p in ["Robert", " Boul", "ter", " is"]] == [None, None, 0, None]
+
+
+def test_stop_scanner_agrees_with_a_substring_search_however_the_text_is_cut() -> None:
+    import random
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice("ab c") for _ in range(rng.randrange(0, 14)))
+        stops = ["".join(rng.choice("ab c") for _ in range(rng.randrange(1, 6))) for _ in range(rng.randrange(1, 3))]
+        cuts = sorted(rng.sample(range(len(text) + 1), rng.randrange(0, len(text) + 2)))
+        scanner, found, expected = StopScanner(stops), None, None
+        for a, b in itertools.pairwise([0, *cuts, len(text)]):
+            found = scanner.feed(text[a:b])
+            # Generation stops at the first piece that completes a stop string: the earliest one in the text so far.
+            positions = [i for i in (text[:b].find(s) for s in stops) if i >= 0]
+            expected = min(positions) if positions else None
+            if found is not None or expected is not None:
+                break
+        assert found == expected, (text, stops, cuts)
 
 
 def _lock(passages: list[list[int]]) -> SentenceLock:
