@@ -121,6 +121,8 @@ BAD_BODIES = [
     b'"just a string"',
     b"[]",
     b"{}",
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than json.loads recurses
+    b'{"messages": [{"role": "user", "content": "Hi"}], "seed": ' + b"9" * 5000 + b"}",  # > 4,300 digits
 ]
 
 

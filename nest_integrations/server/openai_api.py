@@ -184,6 +184,10 @@ def create_app(
             raise ApiError(400, "Request body is not valid UTF-8.") from e
         except json.JSONDecodeError as e:
             raise ApiError(400, f"Request body is not valid JSON: {e.msg} at position {e.pos}.") from e
+        except RecursionError as e:
+            raise ApiError(400, "Request body is nested too deeply.") from e
+        except ValueError as e:  # e.g. an integer of more digits than Python converts (4,300)
+            raise ApiError(400, f"Request body is not valid JSON: {e}.") from e
         if not isinstance(payload, dict):
             raise ApiError(400, "Request body must be a JSON object.")
         try:
@@ -191,6 +195,8 @@ def create_app(
         except ValidationError as e:
             message, param = _validation_message(e)
             raise ApiError(400, message, param=param) from e
+        except RecursionError as e:
+            raise ApiError(400, "Request body is nested too deeply.") from e
         if req.model != model_id:
             raise ApiError(
                 404,
