@@ -19,6 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -257,7 +258,7 @@ class BatchScheduler:
     passage encoding (``prepare``) also run in this thread, between steps.
     """
 
-    def __init__(self, lm: LoadedLM, max_batch: int, lock: threading.Lock) -> None:
+    def __init__(self, lm: LoadedLM, max_batch: int, lock: AbstractContextManager[Any]) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.lm = lm

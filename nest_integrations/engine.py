@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from .batching import BatchLoop, BatchScheduler, DecodeJob
 from .citations import NestResult, NestStats
 from .config import NestConfig, default_config, with_overrides
 from .decoding import NestDecoder
-from .errors import ConfigError, InvalidPromptError, PromptTooLongError
+from .errors import ConfigError, InvalidPassagesError, InvalidPromptError, PromptTooLongError
 from .lm import DEFAULT_MODEL, LoadedLM, Message, build_prompt_ids, last_user_text, load_lm, normalize_messages
 from .passages.retriever import PassageRetriever, StaticRetriever
 from .passages.types import Passage, ScoredPassage
@@ -79,7 +79,9 @@ class NestEngine:
         self.config = config or default_config(self.lm.name)
         store = KeyStore.for_model(key_store, self.lm.name) if key_store is not None else None
         self.encoder = PassageEncoder(self.lm, max_cache_bytes=max_cache_bytes, key_store=store)
-        self._lock = threading.Lock()  # one user of the model at a time (a request, or a batch step)
+        # One user of the model at a time (a request, or a batch step). Re-entrant: a thread that
+        # paused a stream (which holds it until exhausted or closed) may still call the engine.
+        self._lock = threading.RLock()
         self.max_batch = max_batch
         self._scheduler = BatchScheduler(self.lm, max_batch, self._lock) if max_batch > 1 else None
 
@@ -123,6 +125,10 @@ class NestEngine:
                 :meth:`prompt_ids`, e.g. after validating the prompt's length), so it is not
                 tokenised twice; ``prompt`` still gives the query.
             **overrides: any :class:`NestConfig` field for this call only (e.g. ``max_new_tokens``).
+
+        Without batching (``max_batch=1``) an unfinished stream holds the engine: other threads'
+        calls wait until it is exhausted or closed (``close()``, or leaving a ``for`` loop
+        over it and dropping it); the same thread may go on calling the engine.
         """
         prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
         if self._scheduler is not None:
@@ -165,6 +171,8 @@ class NestEngine:
         prompts = list(prompts)
         n = len(prompts)
         for name, given in (("passages", passages), ("queries", queries)):
+            if given is not None and (isinstance(given, (str, bytes)) or not isinstance(given, Sequence)):
+                raise ValueError(f"{name} must be a list with one entry per prompt, got a {type(given).__name__}")
             if given is not None and len(given) != n:
                 raise ValueError(f"{name} has {len(given)} entries for {n} prompts")
         size = batch_size if batch_size is not None else (self.max_batch if self.max_batch > 1 else 8)
@@ -257,8 +265,9 @@ class NestEngine:
         cfg = self.call_config(**overrides)
         messages = normalize_messages(prompt)
         ids = self._fits(list(prompt_ids)) if prompt_ids is not None else self._prompt_ids(messages, chat)
-        given = None if passages is None else list(passages)
-        return partial(self._prepare, query or last_user_text(messages), ids, cfg, given)
+        if query is not None and not isinstance(query, str):
+            raise InvalidPromptError(f"query must be a string, got {type(query).__name__}")
+        return partial(self._prepare, query or last_user_text(messages), ids, cfg, _passage_list(passages))
 
     def call_config(self, **overrides: Any) -> NestConfig:
         """The engine's config with per-call overrides applied; raises ``ConfigError`` on bad values."""
@@ -389,6 +398,23 @@ class NestEngine:
         # Generation stops at the context limit (documented).
         budget = min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))
         return DecodeJob(decoder, answer, sources, stats, prompt_ids, budget, started=t2)
+
+
+def _passage_list(passages: Any) -> list[Passage | ScoredPassage] | None:
+    """``passages`` as a list, checked: each a ``Passage`` or ``ScoredPassage`` (None: none given)."""
+    if passages is None:
+        return None
+    if isinstance(passages, (str, bytes, Passage, ScoredPassage)) or not isinstance(passages, Iterable):
+        raise InvalidPassagesError(
+            f"passages must be a list of Passage or ScoredPassage objects, got a {type(passages).__name__}"
+        )
+    given = list(passages)
+    for p in given:
+        if not isinstance(p, (Passage, ScoredPassage)):
+            raise InvalidPassagesError(
+                f"passages must be Passage or ScoredPassage objects, got a {type(p).__name__}: {str(p)[:60]!r}"
+            )
+    return given
 
 
 def _decode_alone(job: DecodeJob | NestChunk) -> Iterator[NestChunk]:

@@ -29,6 +29,10 @@ class InvalidPromptError(NestError, ValueError):
     """The prompt is empty or its messages are malformed."""
 
 
+class InvalidPassagesError(NestError, ValueError):
+    """``passages`` is not a list of ``Passage`` / ``ScoredPassage`` objects."""
+
+
 class PromptTooLongError(NestError, ValueError):
     """The prompt does not fit in the model's context window."""
 

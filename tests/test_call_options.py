@@ -130,3 +130,13 @@ def test_same_nest_config_gives_the_same_text_in_both_adapters_and_the_server(bo
         texts[name] = chat
     # The sampled config really sampled (a temperature default forcing greedy would fail here).
     assert texts["sampled"].strip() and texts["sampled"] != texts["greedy"]
+
+
+def test_chatnest_reads_a_lone_stop_string_as_one_and_rejects_an_empty_one() -> None:
+    from langchain_nest._base import _stops
+
+    assert _stops(None, "END") == ["END"]  # not ["E", "N", "D"]
+    assert _stops(["\n\n"], ["END"]) == ["\n\n", "END"]
+    assert _stops(None, None) is None
+    with pytest.raises(ConfigError):
+        engine_overrides(stop=_stops(None, ""))

@@ -8,6 +8,7 @@ from citation_checks import assert_citations_exact
 
 from nest_integrations import (
     HybridRetriever,
+    InvalidPromptError,
     NestConfig,
     NestEngine,
     Passage,
@@ -260,3 +261,38 @@ def test_no_source_about_the_query_decodes_with_the_plain_lm(lm, three_articles)
     # The paper's settings have no such gate and copy from the other articles.
     paper = NestEngine(lm, config=NestConfig.paper()).generate(prompt, passages=others, max_new_tokens=32)
     assert paper.citations and {c.document_id for c in paper.citations} <= {"Du_Fu", "Clayton_Kershaw"}
+
+
+def test_passages_of_the_wrong_shape_are_rejected_with_what_to_fix(engine, boulter_passages) -> None:
+    from nest_integrations import InvalidPassagesError
+
+    one = boulter_passages[0]
+    for bad in (one, "some text", [one, "text"], 3):
+        with pytest.raises(InvalidPassagesError, match="Passage or ScoredPassage"):
+            engine.generate("Tell me about Robert Boulter.", passages=bad, max_new_tokens=2)
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        engine.generate_batch(["a?", "b?"], queries="ab", max_new_tokens=2)
+    with pytest.raises(InvalidPassagesError):
+        engine.generate_batch(["a?", "b?"], passages=[one, one], max_new_tokens=2)  # flat, not one list per prompt
+    with pytest.raises(InvalidPromptError, match="query"):
+        engine.generate("Hi", query=["Robert"], max_new_tokens=2)
+
+
+def test_a_paused_stream_does_not_block_its_own_thread(engine, boulter_passages) -> None:
+    """Without batching a stream holds the engine until it ends; the same thread may still call it."""
+    import threading
+
+    done: list[str] = []
+
+    def paused_then_generate() -> None:
+        stream = engine.stream("Tell me about Robert Boulter.", passages=boulter_passages, max_new_tokens=12)
+        next(stream)
+        done.append(engine.generate("Hi", passages=[], max_new_tokens=3).text)
+        done.append("".join(c.text for c in stream))
+        stream.close()
+
+    worker = threading.Thread(target=paused_then_generate, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the same thread deadlocked on its own paused stream"
+    assert len(done) == 2

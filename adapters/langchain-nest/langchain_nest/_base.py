@@ -88,7 +88,7 @@ class NestParams(BaseModel):
             temperature=kwargs.get("temperature", self.temperature),
             top_p=kwargs.get("top_p", self.top_p),
             max_tokens=kwargs.get("max_tokens", self.max_tokens),
-            stop=[*(self.stop or []), *(stop or [])] or None,
+            stop=_stops(self.stop, stop),
             seed=kwargs.get("seed", self.seed),
         )
 
@@ -157,3 +157,13 @@ def usage(result: NestResult) -> dict[str, int]:
 
 def citations_payload(result_citations: Sequence[Any]) -> list[dict[str, Any]]:
     return [citation_payload(c) for c in result_citations]
+
+
+def _stops(*given: str | Sequence[str] | None) -> list[str] | None:
+    """The field's and the call's stop strings together; a lone string is one stop string (not
+    its characters), and an empty one stays so that it is rejected like any bad stop."""
+    stops: list[str] = []
+    for s in given:
+        if s is not None:
+            stops.extend([s] if isinstance(s, str) else s)
+    return stops or None
