@@ -387,3 +387,25 @@ def test_outputs_for_the_last_tokens_only_without_logits_to_keep(lm, monkeypatch
         torch.testing.assert_close(without[r].logits, with_argument[r].logits, atol=1e-4, rtol=0)
         torch.testing.assert_close(without[r].hidden, with_argument[r].hidden, atol=1e-4, rtol=0)
     torch.testing.assert_close(single.logits, with_argument[0].logits, atol=1e-3, rtol=0)
+
+
+def test_a_client_that_leaves_the_queue_gives_its_place_back() -> None:
+    """The server waits for admission unless the client disconnects first (then nothing is held)."""
+    from nest_integrations.server.admission import Admission
+    from nest_integrations.server.openai_api import _admitted, _unless_disconnected
+
+    class GoneAfterAWhile:
+        async def receive(self) -> dict:
+            await asyncio.sleep(0.05)
+            return {"type": "http.disconnect"}
+
+    async def scenario() -> tuple:
+        admission = Admission(max_waiting=1, timeout=30, concurrency=1)
+        await admission.acquire()  # the one running request
+        left = await _unless_disconnected(GoneAfterAWhile(), _admitted(admission))  # type: ignore[arg-type]
+        waiting_after = admission.waiting
+        admission.release()
+        admitted = await _unless_disconnected(GoneAfterAWhile(), _admitted(admission))  # type: ignore[arg-type]
+        return left, waiting_after, admitted, admission.running
+
+    assert asyncio.run(scenario()) == (None, 0, True, 1)

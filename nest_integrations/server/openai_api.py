@@ -232,22 +232,24 @@ def create_app(
         check_options(engine.config, overrides)  # everything the engine would reject is a 400 now
         return messages, {**overrides, "prompt_ids": prompt_ids}
 
-    async def admit() -> None:
+    async def admit(request: Request) -> None:
         try:
-            await admission.acquire()
+            admitted = await _unless_disconnected(request, _admitted(admission))
         except Busy as e:
             raise ApiError(429, "The server is busy; retry later.", type_="rate_limit_error", code="busy") from e
         except TimedOut as e:
             raise ApiError(
                 503, "Timed out waiting for the model; retry later.", type_="server_error", code="queue_timeout"
             ) from e
+        if admitted is None:  # the client left while waiting: its place in the queue is given back
+            raise ApiError(499, "The client disconnected.")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         req = await read_request(request)
         messages, overrides = generation_args(req)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        await admit()
+        await admit(request)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
@@ -285,6 +287,11 @@ def create_app(
     return app
 
 
+async def _admitted(admission: Admission) -> bool:
+    await admission.acquire()
+    return True
+
+
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     """Await ``work`` unless the client disconnects first: then cancel it (with a batching engine
     its place in the batch frees at the next step) and return None.
@@ -303,9 +310,10 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
             return task.result()
         return None
     finally:
-        for t in (task, watch):
-            if not t.done():
-                t.cancel()
+        pending = [t for t in (task, watch) if not t.done()]
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)  # their cleanup (e.g. a queue place) is done on return
 
 
 T = TypeVar("T")
