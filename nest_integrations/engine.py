@@ -171,9 +171,11 @@ class NestEngine:
         prompts = list(prompts)
         n = len(prompts)
         for name, given in (("passages", passages), ("queries", queries)):
-            if given is not None and (isinstance(given, (str, bytes)) or not isinstance(given, Sequence)):
+            if given is None:
+                continue
+            if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
                 raise ValueError(f"{name} must be a list with one entry per prompt, got a {type(given).__name__}")
-            if given is not None and len(given) != n:
+            if len(given) != n:
                 raise ValueError(f"{name} has {len(given)} entries for {n} prompts")
         size = batch_size if batch_size is not None else (self.max_batch if self.max_batch > 1 else 8)
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:

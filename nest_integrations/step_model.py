@@ -250,12 +250,12 @@ class BatchedStepModel:
         self.owner = owner
         logits = _logits(out, kept, n_new)
         hidden = out.hidden_states[-2][0] if self.need_hidden else None
+        # Rows' logits come in row order, k each (with every position kept, k = n and they start at ``start``).
         results, at = {}, 0
         for row, (start, n) in offsets.items():
             k = wanted[row]
-            rows_at = at if not (isinstance(kept, int) and kept == 0) else start + n - k
             results[row] = StepOutput(
-                logits[rows_at : rows_at + k], None if hidden is None else hidden[start + n - k : start + n]
+                logits[at : at + k], None if hidden is None else hidden[start + n - k : start + n]
             )
             at += k
         return results

@@ -28,18 +28,6 @@ class NestChunk(BaseModel):
     citations: list[Citation] = Field(default_factory=list)
     result: NestResult | None = None
 
-    @classmethod
-    def of_step(cls, text: str, token_ids: list[int], copied: bool, citations: list[Citation]) -> NestChunk:
-        """A chunk built without validation (as ``model_construct``, at a third of its cost): the
-        streaming hot path, where every field is produced with its type."""
-        chunk = cls.__new__(cls)
-        fields = {"text": text, "token_ids": token_ids, "copied": copied, "citations": citations, "result": None}
-        object.__setattr__(chunk, "__dict__", fields)
-        object.__setattr__(chunk, "__pydantic_fields_set__", set(fields))
-        object.__setattr__(chunk, "__pydantic_extra__", None)
-        object.__setattr__(chunk, "__pydantic_private__", None)
-        return chunk
-
 
 class AnswerAssembler:
     """Collects decoded tokens and their provenance; releases text and final citations."""
@@ -85,7 +73,10 @@ class AnswerAssembler:
         released, self._unreleased = self._unreleased[:n], self._unreleased[n:]
         self._released = safe
         copied = provenance[0] is not None if len(provenance) == 1 else any(p is not None for p in provenance)
-        return NestChunk.of_step(released, list(tokens), copied, self._final_citations(safe))
+        # Built without re-validation: every field is produced here with its type (saves ~5 us a token).
+        return NestChunk.model_construct(
+            text=released, token_ids=list(tokens), copied=copied, citations=self._final_citations(safe), result=None
+        )
 
     def _feed_claims(self, committed: int, dropped: int = 0) -> None:
         """Give the claims the last ``committed`` tokens, but the ``dropped`` ones (no text) at their end."""
