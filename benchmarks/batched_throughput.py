@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/batched_throughput.py [--concurrency 1 4 8 16] [--max-new-tokens 64]
     [--requests-per-client 3] [--device cpu|cuda] [--dtype ...] [--prompts 16]
-    [--set FIELD=JSON ...]
+    [--serial-up-to C] [--set FIELD=JSON ...] [--out FILE]
 
 For each concurrency c, c client threads send c x ``--requests-per-client`` entity prompts
 ("Tell me about X.", the benchmark's entity task over the built-in corpus) taken from one
@@ -13,6 +13,12 @@ serialises them) and (b) an engine that batches them (``max_batch=c``, continuou
 Reported per system: aggregate generated tokens/s (all tokens / wall time), p50 / p95 request
 latency, and the ratio to (a). Passage keys are warmed first (a pass over every prompt), so this
 measures decoding. Greedy outputs of (a) and (b) are compared and any difference is reported.
+
+Also per system: the model's forwards (one per batched step), the mean wall time of one and
+their share of the wall time (synchronised on a GPU), so what is left is NEST's own per-row
+work. ``x one request``: aggregate tokens/s over a lone request's (one at a time, c = 1), the
+issue's GPU measure. ``--serial-up-to C`` skips the one-at-a-time system above C concurrent
+requests (it decodes one request at a time, so its rate does not depend on c).
 """
 
 from __future__ import annotations
@@ -23,8 +29,37 @@ import statistics
 import threading
 import time
 
-from nest_integrations import NestEngine, default_retriever, load_lm
+import torch
+
+from nest_integrations import LoadedLM, NestEngine, default_retriever, load_lm
 from nest_integrations.bench.tasks import entity_prompts
+
+
+class ForwardTimer:
+    """Counts ``lm.model``'s forwards and their wall time (waiting for the GPU to finish each)."""
+
+    def __init__(self, lm: LoadedLM) -> None:
+        self.calls = 0
+        self.seconds = 0.0
+        self._sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+        inner = lm.model.forward
+
+        def timed(*args: object, **kwargs: object) -> object:
+            self._sync()
+            t = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self._sync()
+            self.calls += 1
+            self.seconds += time.perf_counter() - t
+            return out
+
+        lm.model.forward = timed
+
+    def reset(self) -> tuple[int, float]:
+        """(forwards, seconds) since the last reset."""
+        calls, seconds = self.calls, self.seconds
+        self.calls, self.seconds = 0, 0.0
+        return calls, seconds
 
 
 def closed_loop(
@@ -73,6 +108,8 @@ def main() -> None:
     parser.add_argument("--device")
     parser.add_argument("--dtype")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a NestConfig override")
+    parser.add_argument("--serial-up-to", type=int, help="skip one-at-a-time above this concurrency")
+    parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
 
@@ -82,31 +119,59 @@ def main() -> None:
     one_at_a_time = NestEngine(lm, retriever=retriever)
     for text in texts:  # warm the passage-key cache (shared below) and the kernels
         one_at_a_time.generate(text, max_new_tokens=4)
-    print(
-        f"device {lm.device}, dtype {lm.dtype}, {args.max_new_tokens} new tokens, entity prompts, "
-        f"{args.requests_per_client} requests per client, overrides {overrides}\n"
-    )
-    print("| concurrent | system | aggregate tok/s | p50 latency s | p95 latency s | x one-at-a-time |")
-    print("|---|---|---|---|---|---|")
+    timer = ForwardTimer(lm)
+    lines = [
+        f"device {lm.device} ({torch.cuda.get_device_name() if lm.device.type == 'cuda' else 'CPU'}), "
+        f"dtype {lm.dtype}, torch {torch.__version__}, {args.max_new_tokens} new tokens, {len(texts)} entity "
+        f"prompts, {args.requests_per_client} requests per client, overrides {overrides}",
+        "",
+        "| concurrent | system | aggregate tok/s | p50 latency s | p95 latency s | x one-at-a-time | x one request "
+        "| forwards | ms a forward | forward share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    lone: float | None = None  # a lone request's tokens/s (one at a time, c = 1)
+    serial: float | None = None
     for c in args.concurrency:
         prompts = [texts[i % len(texts)] for i in range(c * args.requests_per_client)]
         batched = NestEngine(lm, retriever=retriever, max_batch=max(c, 2))
         batched.encoder = one_at_a_time.encoder  # the same warm passage keys
+        systems = [("batched", batched)]
+        if args.serial_up_to is None or c <= args.serial_up_to:
+            systems.insert(0, ("one at a time", one_at_a_time))
         rows = {}
-        for name, engine in (("one at a time", one_at_a_time), ("batched", batched)):
+        for name, engine in systems:
+            timer.reset()
             wall, latencies, results = closed_loop(engine, prompts, c, args.max_new_tokens, overrides)
+            forwards, forward_s = timer.reset()
             tokens = sum(r.stats.tokens_generated for r in results)
-            rows[name] = (tokens / wall, latencies, results)
-        base = rows["one at a time"][0]
-        for name, (rate, latencies, _) in rows.items():
-            print(
+            rows[name] = (tokens / wall, latencies, results, forwards, forward_s / max(forwards, 1), forward_s / wall)
+        if "one at a time" in rows:
+            serial = rows["one at a time"][0]
+            if c == 1:
+                lone = serial
+        for name, (rate, latencies, _, forwards, per_forward, share) in rows.items():
+            vs_serial = f"{rate / serial:.2f}" if serial else "-"
+            vs_lone = f"{rate / lone:.2f}" if lone else "-"
+            line = (
                 f"| {c} | {name} | {rate:.1f} | {statistics.median(latencies):.2f} | {p95(latencies):.2f} | "
-                f"{rate / base:.2f} |"
+                f"{vs_serial} | {vs_lone} | {forwards} | {per_forward * 1000:.1f} | {share:.0%} |"
             )
-        pairs = list(zip(rows["one at a time"][2], rows["batched"][2], strict=True))
-        differ = sum(a.text != b.text for a, b in pairs)
-        if differ:
-            print(f"|   | (outputs differ for {differ} of {len(pairs)} requests) | | | | |")
+            lines.append(line)
+            print(line, flush=True)
+        if "one at a time" in rows:
+            pairs = list(zip(rows["one at a time"][2], rows["batched"][2], strict=True))
+            differ = [i for i, (a, b) in enumerate(pairs) if a.text != b.text]
+            if differ:
+                first = differ[0]
+                a, b = pairs[first]
+                same = next((k for k in range(min(len(a.text), len(b.text))) if a.text[k] != b.text[k]), None)
+                line = f"|   | (outputs differ for {len(differ)} of {len(pairs)} requests; first at char {same}) |"
+                lines.append(line)
+                print(line, flush=True)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
