@@ -171,6 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .builder import build_engine, check_options
     from .errors import ConfigError
+    from .server.heap import freeze_startup_heap
     from .server.openai_api import ServerLimits, create_app
 
     options = _options(args, key_store=False, max_batch=args.max_batch)
@@ -186,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens_limit, max_waiting=args.max_queue, queue_timeout_s=args.queue_timeout
     )
     app = create_app(engine, api_key=args.api_key or os.environ.get("NEST_API_KEY"), limits=limits)
+    freeze_startup_heap()
     # uvicorn finishes in-flight requests on SIGTERM/SIGINT, up to the graceful timeout.
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.graceful_timeout)
     return 0
@@ -194,11 +196,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _mcp(args: argparse.Namespace) -> int:
     _require_extra("mcp", "serve", ["mcp.server.mcpserver"])  # before any model loads
     from .builder import build_engine, check_options
+    from .server.heap import freeze_startup_heap
     from .server.mcp_server import create_mcp_server
 
     options = _options(args, key_store=False)
     check_options(options)
-    create_mcp_server(build_engine(options)).run("stdio")
+    server = create_mcp_server(build_engine(options))
+    freeze_startup_heap()
+    server.run("stdio")
     return 0
 
 

@@ -98,9 +98,12 @@ class NestEngine:
         **overrides: Any,
     ) -> NestResult:
         """Answer ``prompt`` (a string or chat messages). See :meth:`stream` for the arguments."""
-        return _last_result(
-            self.stream(prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids, **overrides)
-        )
+        # Decoded as :meth:`stream` does, but no chunk is built until the one with the result.
+        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
+        if self._scheduler is not None:
+            return _last_result(self._scheduler.submit(prepare))
+        with self._lock:
+            return _last_result(_decode_alone(prepare()))
 
     def stream(
         self,
@@ -188,6 +191,7 @@ class NestEngine:
                 chat,
                 None,
                 overrides,
+                stream=False,
             )
             for i, prompt in enumerate(prompts)
         ]
@@ -262,14 +266,17 @@ class NestEngine:
         chat: bool | None,
         prompt_ids: Sequence[int] | None,
         overrides: dict[str, Any],
+        *,
+        stream: bool = True,
     ) -> Callable[[], DecodeJob | NestChunk]:
-        """Validate a request now (errors raise in the caller) and return what prepares its job."""
+        """Validate a request now (errors raise in the caller) and return what prepares its job
+        (``stream=False``: its chunks before the last are not built, for callers of the result alone)."""
         cfg = self.call_config(**overrides)
         messages = normalize_messages(prompt)
         ids = self._fits(list(prompt_ids)) if prompt_ids is not None else self._prompt_ids(messages, chat)
         if query is not None and not isinstance(query, str):
             raise InvalidPromptError(f"query must be a string, got {type(query).__name__}")
-        return partial(self._prepare, query or last_user_text(messages), ids, cfg, _passage_list(passages))
+        return partial(self._prepare, query or last_user_text(messages), ids, cfg, _passage_list(passages), stream)
 
     def call_config(self, **overrides: Any) -> NestConfig:
         """The engine's config with per-call overrides applied; raises ``ConfigError`` on bad values."""
@@ -323,7 +330,7 @@ class NestEngine:
     ) -> NestResult:
         """:meth:`generate` for asyncio, in a worker thread (with ``max_batch`` > 1: in the batch)."""
         if self._scheduler is not None:
-            prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
+            prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
             async for chunk in self._scheduler.asubmit(prepare):
                 if chunk.result is not None:
                     return chunk.result
@@ -373,6 +380,7 @@ class NestEngine:
         prompt_ids: list[int],
         cfg: NestConfig,
         given: Sequence[Passage | ScoredPassage] | None,
+        stream: bool = True,
     ) -> DecodeJob | NestChunk:
         """Select sources and build the token index: a job ready to decode, or an abstention."""
         stats = NestStats(prompt_tokens=len(prompt_ids))
@@ -395,7 +403,7 @@ class NestEngine:
             return _abstention(query, sources, stats)
         decoder = NestDecoder(self.lm, cfg, index)
         answer = AnswerAssembler(
-            self.lm.tokenizer, decoder.eos, cfg.stop, sources.searched, encoded, sources.duplicates
+            self.lm.tokenizer, decoder.eos, cfg.stop, sources.searched, encoded, sources.duplicates, stream=stream
         )
         # Generation stops at the context limit (documented).
         budget = min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))

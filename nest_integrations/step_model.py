@@ -155,6 +155,22 @@ class SingleStepModel:
         self.length = 0
 
 
+PREFIX_BLOCK = 8  # prompt tokens per shared prefix block
+_SHARED = -2  # ``owner`` of a cache slot in a shared prefix block
+
+
+@dataclass
+class _PrefixBlock:
+    """``PREFIX_BLOCK`` prompt tokens whose cached keys and values every row with that prompt
+    prefix reads (prefix caching). Found by ``key`` = (the previous block's id, its tokens)."""
+
+    id: int
+    key: tuple[int, tuple[int, ...]]
+    slots: list[int]
+    rows: int = 0  # live rows reading it
+    last_used: int = 0  # the step it was last claimed or let go
+
+
 class BatchedStepModel:
     """B rows packed into one KV cache; one forward per step over the new tokens of every row.
 
@@ -163,14 +179,29 @@ class BatchedStepModel:
     draft is). ``owner`` (T,) says which row each cache slot belongs to (-1: none, a rolled-back
     draft or a finished row); a 4-D mask lets each token attend only to its own row's slots, in
     order, and its position id counts only those. Slots are compacted when over half are dead.
+
+    Prefix caching (as vLLM's automatic prefix caching, in blocks of ``PREFIX_BLOCK`` tokens): a
+    new row's prompt reads the cached slots of the longest run of whole blocks that an earlier
+    prompt began with (chat templates start every prompt with the same system turn), and its
+    own whole blocks are kept for later rows. Blocks no live row reads are dropped oldest first
+    past ``max_idle_prefix_tokens``. ``prefix_tokens_reused`` counts the prompt tokens not run.
     """
 
-    def __init__(self, lm: LoadedLM, need_hidden: bool) -> None:
+    def __init__(
+        self, lm: LoadedLM, need_hidden: bool, *, prefix_cache: bool = True, max_idle_prefix_tokens: int = 2048
+    ) -> None:
         self.lm = lm
         self.need_hidden = need_hidden
         self.cache: Any = _new_cache(lm)
         self.owner = torch.zeros(0, dtype=torch.long, device=lm.device)  # (T,) row key per slot, -1 dead
-        self.slots: dict[int, list[int]] = {}  # row key -> its slots, in token order
+        self.slots: dict[int, list[int]] = {}  # row key -> its slots (shared prefix blocks first), in token order
+        self.prefix_cache = prefix_cache
+        self.max_idle_prefix_tokens = max_idle_prefix_tokens
+        self.prefix_tokens_reused = 0
+        self._blocks: dict[tuple[int, tuple[int, ...]], _PrefixBlock] = {}
+        self._row_blocks: dict[int, list[_PrefixBlock]] = {}
+        self._next_block = 0
+        self._steps = 0
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -178,48 +209,71 @@ class BatchedStepModel:
     @property
     def dead_slots(self) -> int:
         """Cache slots that hold no row's token (rolled-back drafts, finished rows), until compaction."""
-        return int(self.owner.numel()) - sum(len(s) for s in self.slots.values())
+        return int((self.owner == -1).sum())
 
     @torch.inference_mode()
     def release(self, row: int) -> None:
         slots = self.slots.pop(row, None)
-        if slots:
-            self.owner[slots] = -1
+        blocks = self._row_blocks.pop(row, [])
+        for block in blocks:
+            block.rows -= 1
+            block.last_used = self._steps
+        own = slots[len(blocks) * PREFIX_BLOCK :] if slots else []
+        if own:
+            self.owner[own] = -1
+        self._evict_idle_blocks()
         self._compact()
 
     @torch.inference_mode()
     def step(self, requests: Mapping[int, Forward]) -> dict[int, StepOutput]:
         if not requests:
             return {}
+        self._steps += 1
+        run: dict[int, Sequence[int]] = {}  # the tokens each row runs now
+        new_prompts: dict[int, int] = {}  # rows starting with a prompt -> its tokens read from the prefix cache
         for row, request in requests.items():
             if not request.tokens:
                 raise ValueError(f"row {row}: a forward needs at least one token")
             if row < 0:
                 raise ValueError(f"row keys are >= 0, got {row}")
             self._rollback(row, request.keep)
+            run[row] = request.tokens
+            if request.keep == 0 and self.prefix_cache and not self.slots.get(row):
+                reused = self._reuse_prefix(row, request.tokens)
+                new_prompts[row] = reused
+                run[row] = request.tokens[reused:]
         self._compact()
-        dead = self.dead_slots
         device = self.lm.device
         t = int(self.owner.numel())
         ids: list[int] = []
         positions: list[int] = []
         query_owner: list[int] = []
+        query_row: list[int] = []  # each token's row, as an index into ``requests``
         offsets: dict[int, tuple[int, int]] = {}
-        for row, request in requests.items():
+        for i, row in enumerate(requests):
+            tokens = run[row]
             slots = self.slots.setdefault(row, [])
-            n = len(request.tokens)
+            n = len(tokens)
             offsets[row] = (len(ids), n)
             positions.extend(range(len(slots), len(slots) + n))
             slots.extend(range(t + len(ids), t + len(ids) + n))
-            ids.extend(request.tokens)
+            ids.extend(tokens)
             query_owner.extend([row] * n)
+            query_row.extend([i] * n)
         new_owner = torch.tensor(query_owner, dtype=torch.long, device=device)
         owner = torch.cat([self.owner, new_owner])
         n_new = len(ids)
-        mask = None  # one row and no dead slot: plain causal attention, exactly as SingleStepModel runs it
-        if len(self.slots) > 1 or dead:
-            # Token i may see slot s when s holds its own row's token and s is not after it.
+        mask = None  # one row holding the whole cache: plain causal attention, exactly as SingleStepModel runs it
+        if len(self.slots) > 1 or len(next(iter(self.slots.values()))) != t + n_new:
+            # Token i may see slot s when s holds its own row's token (or a prefix block its row reads)
+            # and s is not after it.
             same_row = owner[None, :] == new_owner[:, None]  # (N, T + N)
+            reads = [(i, row) for i, row in enumerate(requests) if self._row_blocks.get(row)]
+            if reads:
+                shared = torch.zeros((len(requests), t + n_new), dtype=torch.bool, device=device)
+                for i, row in reads:
+                    shared[i, self.slots[row][: len(self._row_blocks[row]) * PREFIX_BLOCK]] = True
+                same_row |= shared[torch.tensor(query_row, device=device)]
             query_slot = t + torch.arange(n_new, device=device)
             not_after = torch.arange(t + n_new, device=device)[None, :] <= query_slot[:, None]
             allowed = (same_row & not_after)[None, None]
@@ -227,7 +281,7 @@ class BatchedStepModel:
             mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=device)
             mask.masked_fill_(~allowed, torch.finfo(self.lm.dtype).min)
         # Logits only where rows want them: each row's last k tokens (as one row alone asks for them).
-        wanted = {row: request.wanted() for row, request in requests.items()}
+        wanted = {row: min(request.wanted(), offsets[row][1]) for row, request in requests.items()}
         kept: int | torch.Tensor = 0
         if len(requests) == 1:
             ((row, k),) = wanted.items()
@@ -248,6 +302,8 @@ class BatchedStepModel:
             position_ids=torch.tensor([positions], dtype=torch.long, device=device),
         )
         self.owner = owner
+        for row, reused in new_prompts.items():
+            self._share_prompt(row, requests[row].tokens, reused)
         logits = _logits(out, kept, n_new)
         hidden = out.hidden_states[-2][0] if self.need_hidden else None
         # Rows' logits come in row order, k each (with every position kept, k = n and they start at ``start``).
@@ -260,12 +316,66 @@ class BatchedStepModel:
             at += k
         return results
 
+    def _reuse_prefix(self, row: int, tokens: Sequence[int]) -> int:
+        """Give a new row the cached blocks its prompt starts with; returns how many tokens they hold.
+
+        At least the prompt's last token is always run (its logits are wanted)."""
+        blocks: list[_PrefixBlock] = []
+        parent = -1
+        for start in range(0, len(tokens) - PREFIX_BLOCK, PREFIX_BLOCK):
+            block = self._blocks.get((parent, tuple(tokens[start : start + PREFIX_BLOCK])))
+            if block is None:
+                break
+            blocks.append(block)
+            parent = block.id
+        if not blocks:
+            return 0
+        for block in blocks:
+            block.rows += 1
+            block.last_used = self._steps
+        self._row_blocks[row] = blocks
+        self.slots[row] = [s for block in blocks for s in block.slots]
+        reused = len(blocks) * PREFIX_BLOCK
+        self.prefix_tokens_reused += reused
+        return reused
+
+    def _share_prompt(self, row: int, tokens: Sequence[int], reused: int) -> None:
+        """Keep the whole blocks of a prompt just run (after the ``reused`` ones) for later rows."""
+        blocks = self._row_blocks.setdefault(row, [])
+        parent = blocks[-1].id if blocks else -1
+        slots = self.slots[row]
+        for start in range(reused, len(tokens) - PREFIX_BLOCK + 1, PREFIX_BLOCK):
+            key = (parent, tuple(tokens[start : start + PREFIX_BLOCK]))
+            if key in self._blocks:  # a row of the same step ran the same prefix first: keep this copy private
+                break
+            block = _PrefixBlock(self._next_block, key, slots[start : start + PREFIX_BLOCK], 1, self._steps)
+            self._next_block += 1
+            self._blocks[key] = block
+            self.owner[block.slots] = _SHARED
+            blocks.append(block)
+            parent = block.id
+        if not blocks:
+            del self._row_blocks[row]
+
+    def _evict_idle_blocks(self) -> None:
+        """Drop blocks no live row reads, least recently used first, past ``max_idle_prefix_tokens``."""
+        idle = [b for b in self._blocks.values() if b.rows == 0]
+        excess = len(idle) * PREFIX_BLOCK - self.max_idle_prefix_tokens
+        if excess <= 0:
+            return
+        for block in sorted(idle, key=lambda b: b.last_used)[: -(-excess // PREFIX_BLOCK)]:
+            del self._blocks[block.key]  # its descendants can no longer be found; they are idle too
+            self.owner[block.slots] = -1
+
     def _rollback(self, row: int, keep: int) -> None:
         """Drop a row's positions from ``keep`` on: cropped off the cache when they are its last
         slots (always so for a lone row), else marked dead."""
         slots = self.slots.get(row, [])
         if keep > len(slots):
             raise ValueError(f"row {row}: cannot keep {keep} positions of {len(slots)}")
+        shared = len(self._row_blocks.get(row, ())) * PREFIX_BLOCK
+        if keep < shared:
+            raise ValueError(f"row {row}: cannot drop its prompt's first {shared} positions (a shared prefix)")
         dropped = slots[keep:]
         if not dropped:
             return
@@ -282,7 +392,7 @@ class BatchedStepModel:
         total = int(self.owner.numel())
         if self.dead_slots * 2 <= total:
             return
-        live = (self.owner >= 0).nonzero().squeeze(1)
+        live = (self.owner != -1).nonzero().squeeze(1)
         new_slot = torch.full((total,), -1, dtype=torch.long)
         new_slot[live.cpu()] = torch.arange(live.numel())
         for layer in self.cache.layers:
@@ -292,3 +402,5 @@ class BatchedStepModel:
         self.owner = self.owner[live]
         for row, slots in self.slots.items():
             self.slots[row] = new_slot[slots].tolist()
+        for block in self._blocks.values():
+            block.slots = new_slot[block.slots].tolist()

@@ -30,7 +30,12 @@ class NestChunk(BaseModel):
 
 
 class AnswerAssembler:
-    """Collects decoded tokens and their provenance; releases text and final citations."""
+    """Collects decoded tokens and their provenance; releases text and final citations.
+
+    ``stream=False`` (``generate``, which reads only the result): :meth:`put` keeps the text,
+    the stop scan and the claims up to date but builds no chunk; :meth:`last_chunk` then
+    carries the whole text and every citation.
+    """
 
     def __init__(
         self,
@@ -40,8 +45,11 @@ class AnswerAssembler:
         passages: Sequence[ScoredPassage],
         encoded: Sequence[EncodedPassage],
         duplicates: Mapping[int, Sequence[Passage]] | None = None,
+        *,
+        stream: bool = True,
     ) -> None:
         self.eos = eos
+        self.stream = stream
         self.detok = IncrementalDetokenizer(tokenizer)
         self.stops = StopScanner(stops)
         self.claims = ClaimTracker(passages, encoded, duplicates)
@@ -63,7 +71,7 @@ class AnswerAssembler:
         new = d.appended
         if self.stop_at is None:
             self.stop_at = self.stops.feed(new)
-        if self.stop_at is not None:
+        if self.stop_at is not None or not self.stream:
             return None
         self._unreleased += new
         safe = self.stops.releasable(len(d.text))
@@ -80,9 +88,10 @@ class AnswerAssembler:
 
     def _feed_claims(self, committed: int, dropped: int = 0) -> None:
         """Give the claims the last ``committed`` tokens, but the ``dropped`` ones (no text) at their end."""
-        d = self.detok
+        d, add, provenance = self.detok, self.claims.add, self.provenance
+        text, starts, ends = d.text, d.starts, d.ends
         for i in range(d.committed - committed, d.committed - dropped):
-            self.claims.add(d.text, self.provenance[i], d.starts[i], d.ends[i])
+            add(text, provenance[i], starts[i], ends[i])
 
     def _final_citations(self, limit: int) -> list[Citation]:
         if self._cited == len(self.claims.citations):

@@ -14,7 +14,8 @@ from citation_checks import assert_citations_exact
 
 from nest_integrations import ConfigError, InvalidPromptError, NestEngine
 from nest_integrations.citations import NestResult
-from nest_integrations.step_model import BatchedStepModel, Forward, SingleStepModel
+from nest_integrations.lm import build_prompt_ids
+from nest_integrations.step_model import PREFIX_BLOCK, BatchedStepModel, Forward, SingleStepModel
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +34,16 @@ def draft(rng: random.Random) -> list[int]:
     return [rng.randrange(1000, 20000) for _ in range(rng.choice([1, 1, 3, 9]))]
 
 
+def chat_ids(lm, text: str) -> list[int]:
+    return build_prompt_ids(lm.tokenizer, [{"role": "user", "content": text}])
+
+
 def test_batched_step_model_gives_each_row_its_logits_alone(lm, exact_in_float32) -> None:
-    """Rows joining at different steps, drafts of different lengths, rollbacks, a row leaving:
-    each row's logits and hidden states are those of the same forwards run alone."""
+    """Rows joining at different steps (reading the prompt prefix blocks of the rows before
+    them), drafts of different lengths, rollbacks, a row leaving: each row's logits and hidden
+    states are those of the same forwards run alone."""
     prompts = ["Tell me about Robert Boulter.", "Who was Nero? Answer in detail, with dates.", "Hi"]
-    ids = [lm.tokenizer(p)["input_ids"] for p in prompts]
+    ids = [chat_ids(lm, p) for p in prompts]
     rng = random.Random(0)
     # Per row: 12 forwards of 1-9 tokens, each after rolling back 0-2 positions, some wanting
     # outputs for their last tokens only (as a prompt does).
@@ -79,7 +85,26 @@ def test_batched_step_model_gives_each_row_its_logits_alone(lm, exact_in_float32
             assert torch.equal(a.logits.argmax(-1), b.logits.argmax(-1))
             torch.testing.assert_close(b.logits, a.logits, atol=1e-3, rtol=0)
             torch.testing.assert_close(b.hidden, a.hidden, atol=1e-2, rtol=0)
-    assert len(batched) == 0 and batched.owner.numel() == 0  # every slot freed
+    # The later rows read the system turn's blocks instead of running them; no row's slot is left.
+    common = [next(i for i, (a, b) in enumerate(zip(ids[0], other, strict=False)) if a != b) for other in ids[1:]]
+    shared = [c // PREFIX_BLOCK * PREFIX_BLOCK for c in common]
+    assert min(shared) >= 16 and batched.prefix_tokens_reused == sum(shared)
+    assert len(batched) == 0 and int((batched.owner >= 0).sum()) == 0
+
+
+def test_prefix_blocks_no_row_reads_are_dropped_past_the_limit(lm) -> None:
+    model = BatchedStepModel(lm, need_hidden=False, max_idle_prefix_tokens=0)
+    ids = chat_ids(lm, "Who was Nero?")
+    model.step({0: Forward(ids, 0, outputs=1)})
+    model.step({1: Forward(chat_ids(lm, "Who was Otho?"), 0, outputs=1)})
+    assert model.prefix_tokens_reused >= 16  # row 1 read row 0's system turn
+    with pytest.raises(ValueError, match="shared prefix"):
+        model.step({1: Forward([5], 3)})
+    model.release(0)
+    model.release(1)
+    assert model.owner.numel() == 0  # idle blocks dropped at once (limit 0), then compacted away
+    model.step({2: Forward(ids, 0, outputs=1)})
+    assert model.prefix_tokens_reused < 2 * len(ids)  # nothing cached any more: the prompt ran again
 
 
 def test_a_lone_row_of_the_batched_step_model_is_bitwise_the_single_model(lm) -> None:

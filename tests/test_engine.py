@@ -94,7 +94,12 @@ def test_stream_gives_same_text_and_citations_as_generate(engine, documents) -> 
     assert "".join(c.text for c in chunks) == full.text
     streamed = [cit for c in chunks for cit in c.citations]
     assert streamed == full.citations
-    assert chunks[-1].result is not None and chunks[-1].result.text == full.text
+    last = chunks[-1].result
+    assert last is not None and last.text == full.text and last.finish_reason == full.finish_reason
+    # generate builds no chunk before the result (a cheaper path): the same result all the same.
+    assert last.citations == full.citations and last.fragments == full.fragments
+    for field in ("tokens_generated", "tokens_copied", "spans_accepted"):
+        assert getattr(last.stats, field) == getattr(full.stats, field), field
     # Each citation arrives no earlier than the chunk that completes its span.
     seen = 0
     for c in chunks:

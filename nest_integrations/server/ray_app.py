@@ -47,6 +47,7 @@ class NestReplica:
     def __init__(self, args: dict[str, Any]) -> None:
         from ..engine import NestEngine
         from .chroma_store import ChromaRetriever, connect
+        from .heap import freeze_startup_heap
 
         self.args = RayAppArgs.model_validate(args)
         if self.args.torch_threads is not None:
@@ -57,6 +58,7 @@ class NestReplica:
         device = "cuda" if self.args.num_gpus > 0 else None
         self.engine = NestEngine(self.args.model, retriever=retriever, device=device, max_batch=self.args.max_batch)
         self.replica = f"{serve.get_replica_context().replica_id.unique_id}/pid-{os.getpid()}"
+        freeze_startup_heap()  # the replica's process serves only this engine
 
     def __serve_build_asgi_app__(self) -> Any:  # called by Ray Serve after __init__
         from .openai_api import ServerLimits, create_app
