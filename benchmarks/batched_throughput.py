@@ -115,7 +115,14 @@ def main() -> None:
     parser.add_argument(
         "--time-forwards", action="store_true", help="time each forward (synchronised: slows a GPU run)"
     )
+    parser.add_argument("--no-prefix-cache", action="store_true", help="batched rows run their whole prompts")
+    parser.add_argument("--freeze-heap", action="store_true", help="freeze the startup heap, as servers do")
     args = parser.parse_args()
+    if args.no_prefix_cache:
+        from nest_integrations import step_model
+
+        init = step_model.BatchedStepModel.__init__
+        step_model.BatchedStepModel.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "prefix_cache": False})
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
 
     lm = load_lm("default", device=args.device, dtype=args.dtype)
@@ -125,10 +132,15 @@ def main() -> None:
     for text in texts:  # warm the passage-key cache (shared below) and the kernels
         one_at_a_time.generate(text, max_new_tokens=4)
     timer = ForwardTimer(lm, timed=args.time_forwards)
+    if args.freeze_heap:
+        from nest_integrations.server.heap import freeze_startup_heap
+
+        freeze_startup_heap()
     lines = [
         f"device {lm.device} ({torch.cuda.get_device_name() if lm.device.type == 'cuda' else 'CPU'}), "
         f"dtype {lm.dtype}, torch {torch.__version__}, {args.max_new_tokens} new tokens, {len(texts)} entity "
-        f"prompts, {args.requests_per_client} requests per client, overrides {overrides}",
+        f"prompts, {args.requests_per_client} requests per client, overrides {overrides}, prefix cache "
+        f"{'off' if args.no_prefix_cache else 'on'}, heap {'frozen' if args.freeze_heap else 'not frozen'}",
         "",
         "| concurrent | system | aggregate tok/s | p50 latency s | p95 latency s | x one-at-a-time | x one request "
         "| forwards | ms a forward | forward share |",

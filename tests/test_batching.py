@@ -450,3 +450,40 @@ def test_a_client_that_leaves_the_queue_gives_its_place_back() -> None:
         return left, waiting_after, admitted, admission.running
 
     assert asyncio.run(scenario()) == (None, 0, True, 1)
+
+
+def test_streaming_clients_that_leave_at_once_give_back_every_place(lm, corpus_retriever) -> None:
+    """Streaming clients that disconnect within ~50 ms (some still queued, some just admitted,
+    some before the first chunk is sent) leave no place taken: a few such clients once wedged
+    the server (every later request waited, then got 503)."""
+    httpx = pytest.importorskip("httpx")
+    from server_harness import running
+
+    from nest_integrations.server.openai_api import ServerLimits, create_app
+
+    batching = NestEngine(lm, retriever=corpus_retriever, max_batch=4)
+    body = {"model": lm.name, "messages": [{"role": "user", "content": "Who wrote Herons?"}], "max_tokens": 32}
+
+    async def leave_early(url: str, n: int) -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one() -> None:
+                task = asyncio.ensure_future(client.post(f"{url}/v1/chat/completions", json={**body, "stream": True}))
+                await asyncio.sleep(0.05)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+            await asyncio.gather(*[one() for _ in range(n)])
+
+    limits = ServerLimits(max_tokens=64, max_waiting=2, queue_timeout_s=20)
+    with running(create_app(batching, limits=limits)) as url:
+        for _ in range(3):
+            asyncio.run(leave_early(url, 6))
+        for _ in range(300):  # 30 s: the abandoned requests' decoding ends long before
+            health = httpx.get(f"{url}/health").json()
+            if health["running"] == 0:
+                break
+            time.sleep(0.1)
+        assert health == {"status": "ok", "running": 0, "waiting": 0}
+        served = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert served.status_code == 200 and served.json()["choices"][0]["message"]["content"]

@@ -15,7 +15,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -233,15 +234,20 @@ def create_app(
         return messages, {**overrides, "prompt_ids": prompt_ids}
 
     async def admit(request: Request) -> None:
+        task = asyncio.ensure_future(_admitted(admission))
         try:
-            admitted = await _unless_disconnected(request, _admitted(admission))
+            admitted = await _unless_disconnected(request, task)
         except Busy as e:
             raise ApiError(429, "The server is busy; retry later.", type_="rate_limit_error", code="busy") from e
         except TimedOut as e:
             raise ApiError(
                 503, "Timed out waiting for the model; retry later.", type_="server_error", code="queue_timeout"
             ) from e
+        except BaseException:  # cancelled (the client left) as the request may have just got its place
+            _give_back_if_admitted(task, admission)
+            raise
         if admitted is None:  # the client left while waiting: its place in the queue is given back
+            _give_back_if_admitted(task, admission)
             raise ApiError(499, "The client disconnected.")
 
     @app.post("/v1/chat/completions")
@@ -252,8 +258,10 @@ def create_app(
         await admit(request)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(
-                _sse(engine, admission, messages, overrides, completion_id, created, model_id, include_usage),
+            release = _once(admission.release)
+            return _ReleasingStream(
+                _sse(engine, release, messages, overrides, completion_id, created, model_id, include_usage),
+                release,
                 media_type="text/event-stream",
             )
         try:
@@ -285,6 +293,51 @@ def create_app(
         }
 
     return app
+
+
+def _give_back_if_admitted(task: asyncio.Future[bool], admission: Admission) -> None:
+    """Release the place an abandoned admission got (now, or when it gets one after all: a
+    cancelled wait can still complete), so no place is lost with a departed client."""
+
+    def give_back(done: asyncio.Future[bool]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            admission.release()
+
+    if task.done():
+        give_back(task)
+    else:
+        task.add_done_callback(give_back)
+
+
+def _once(release: Callable[[], None]) -> Callable[[], None]:
+    """``release`` that acts on its first call only (a slot is given back once, whoever calls)."""
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            release()
+
+    return once
+
+
+class _ReleasingStream(StreamingResponse):
+    """A ``StreamingResponse`` that gives back the admission slot however it ends. When the client
+    is gone before the first chunk, Starlette's first ``send`` fails and the body generator never
+    starts, so its own ``finally`` never runs: the slot was lost (a few such clients wedged the
+    server)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+        weakref.finalize(self, release)  # dropped without being sent (the request was cancelled first)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 async def _admitted(admission: Admission) -> bool:
@@ -329,7 +382,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 async def _sse(
     engine: NestEngine,
-    admission: Admission,
+    release: Callable[[], None],
     messages: list[Message],
     overrides: dict[str, Any],
     completion_id: str,
@@ -375,4 +428,4 @@ async def _sse(
             yield f"data: {json.dumps(api_error_for(e).body)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        admission.release()
+        release()
