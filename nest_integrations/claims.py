@@ -10,6 +10,7 @@ O(1) amortised, so streaming stays linear. Decoding is not done here.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -102,6 +103,11 @@ class ClaimTracker:
         if spans is None:  # once per passage copied from: a list reads faster than numpy, token by token
             enc = self.encoded[prov.passage]
             spans = self._spans[prov.passage] = (enc.char_spans - enc.text_offset).tolist()
+            # A byte-level token holding whole characters and the first bytes of the next one (" " and
+            # half of U+200B) gets only its whole characters, as the output's detokeniser gives it.
+            for here, after in itertools.pairwise(spans):
+                if here[0] < after[0] < here[1]:
+                    here[1] = after[0]
         a, b = spans[prov.position]
         return a, b
 
@@ -185,11 +191,15 @@ class ClaimTracker:
         p = self.passages[run.passage].passage
         o1 = min(run.out_end, len(text))  # a stop string may have cut the output
         s1 = run.src_end - (run.out_end - o1)
-        if text[run.out_start : o1] != p.text[run.src_start : s1]:
-            log.debug(
-                "dropping a run whose output %r != source %r", text[run.out_start : o1], p.text[run.src_start : s1]
-            )
-            return None
+        out, src = text[run.out_start : o1], p.text[run.src_start : s1]
+        if out != src:
+            # The run's last token ended inside a character that the output finished differently (a
+            # byte-level token holding " " and the first bytes of U+200B, say): quote the part that matches.
+            same = next((i for i, (a, b) in enumerate(zip(out, src, strict=False)) if a != b), min(len(out), len(src)))
+            log.debug("cutting a run whose output %r != source %r after %d chars", out, src, same)
+            if same == 0:
+                return None
+            o1, s1 = run.out_start + same, run.src_start + same
         snapped = snap(text, p.text, run.out_start, o1, run.src_start, s1, self._closed_end, hi)
         if snapped is None:
             return None
@@ -230,15 +240,15 @@ class ClaimTracker:
 
     def _other_holders(self, passage: int, doc_start: int | None, length: int) -> list[str]:
         """Ids of other passages holding the quote: exact duplicates, and overlapping chunks of its document."""
-        ids = [d.id for d in self.duplicates.get(passage, ())]
         p = self.passages[passage].passage
+        ids = [d.id for d in self.duplicates.get(passage, ()) if d.id != p.id]  # the same passage given twice
         if doc_start is not None:
             for other in self.passages:
                 q = other.passage
                 same_document = q.id != p.id and q.document_id == p.document_id
                 if same_document and q.start is not None and q.end is not None:
                     ids += [q.id] if q.start <= doc_start and doc_start + length <= q.end else []
-        return ids
+        return list(dict.fromkeys(ids))
 
 
 _SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")

@@ -27,7 +27,7 @@ class NestConfig(BaseModel):
         0.5
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     # First stage.
     num_passages: int = Field(20, ge=1, le=1000, description="b: passages taken from the first stage.")
@@ -196,12 +196,24 @@ def with_overrides(config: NestConfig, overrides: dict[str, Any]) -> NestConfig:
 
     if not overrides:
         return config
+    for name, value in overrides.items():
+        field = NestConfig.model_fields.get(name)
+        # Integers are taken as given: True or "8" for max_new_tokens is a caller's mistake, not 1 or 8.
+        is_int = field is not None and field.annotation in (int, int | None)
+        if is_int and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(
+                f"{name}: expected an integer, got {type(value).__name__} {value!r}",
+                option=name,
+                reason="expected an integer",
+            )
     try:
         return NestConfig.model_validate({**config.model_dump(), **overrides})
     except ValidationError as e:
         first = e.errors()[0]
         option = str(first["loc"][0]) if first["loc"] else None
-        raise ConfigError(str(e), option=option, reason=str(first["msg"])) from e
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        given = f" (got {overrides[option]!r:.80})" if option in overrides else ""
+        raise ConfigError(f"{option}: {reason}{given}" if option else reason, option=option, reason=reason) from e
 
 
 def default_config(model_name: str) -> NestConfig:

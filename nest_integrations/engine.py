@@ -133,7 +133,11 @@ class NestEngine:
         calls wait until it is exhausted or closed (``close()``, or leaving a ``for`` loop
         over it and dropping it); the same thread may go on calling the engine.
         """
-        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
+        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)  # bad input raises here
+        return self._decode_when_read(prepare)
+
+    def _decode_when_read(self, prepare: Callable[[], DecodeJob | NestChunk]) -> Iterator[NestChunk]:
+        """Decoding starts at the first ``next`` (a stream never read costs nothing)."""
         if self._scheduler is not None:
             yield from self._scheduler.submit(prepare)
             return
@@ -372,6 +376,8 @@ class NestEngine:
             retrieved = [p if isinstance(p, ScoredPassage) else ScoredPassage(passage=p) for p in given]
         else:
             retrieved = self.retrieve(query, cfg.num_passages)
+            for p in retrieved:  # a store's text, not checked when it was indexed
+                _check_unicode(p.passage)
         return select_sources(query, retrieved, cfg)
 
     def _prepare(
@@ -424,7 +430,20 @@ def _passage_list(passages: Any) -> list[Passage | ScoredPassage] | None:
             raise InvalidPassagesError(
                 f"passages must be Passage or ScoredPassage objects, got a {type(p).__name__}: {str(p)[:60]!r}"
             )
+        _check_unicode(p.passage if isinstance(p, ScoredPassage) else p)
     return given
+
+
+def _check_unicode(passage: Passage) -> None:
+    """Raise :class:`InvalidPassagesError` for a passage the tokenizer cannot read (a lone surrogate)."""
+    for field_name in ("text", "title"):
+        try:
+            getattr(passage, field_name).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidPassagesError(
+                f"Passage {passage.id!r}: its {field_name} is not valid Unicode (a lone surrogate at char "
+                f"{e.start}); pass UTF-8 text."
+            ) from e
 
 
 def _decode_alone(job: DecodeJob | NestChunk) -> Iterator[NestChunk]:

@@ -52,3 +52,23 @@ def test_a_per_call_stop_string_is_accepted_and_non_strings_are_config_errors() 
     for bad in ([1], ["ok", None], [b"\n"], "", [""]):
         with pytest.raises(ConfigError, match="stop"):
             engine.call_config(stop=bad)
+
+
+def test_per_call_overrides_fail_with_one_line_naming_the_option() -> None:
+    from nest_integrations import ConfigError
+    from nest_integrations.config import with_overrides
+
+    config = NestConfig()
+    cases = [
+        ({"max_new_tokens": -1}, "max_new_tokens: Input should be greater than or equal to 1 (got -1)"),
+        ({"temperature": float("nan")}, "temperature: Input should be a finite number (got nan)"),
+        ({"max_new_tokens": True}, "max_new_tokens: expected an integer, got bool True"),
+        ({"max_new_tokens": "8"}, "max_new_tokens: expected an integer, got str '8'"),
+        ({"seed": 2.0}, "seed: expected an integer, got float 2.0"),
+        ({"stop": [""]}, "stop strings must be non-empty"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError) as caught:
+            with_overrides(config, overrides)
+        assert str(caught.value) == message and "\n" not in str(caught.value)
+    assert with_overrides(config, {"max_new_tokens": 8, "seed": None, "temperature": 1}).temperature == 1.0

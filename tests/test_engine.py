@@ -7,6 +7,7 @@ import torch
 from citation_checks import assert_citations_exact
 
 from nest_integrations import (
+    ConfigError,
     HybridRetriever,
     InvalidPromptError,
     NestConfig,
@@ -281,6 +282,23 @@ def test_passages_of_the_wrong_shape_are_rejected_with_what_to_fix(engine, boult
         engine.generate_batch(["a?", "b?"], passages=[one, one], max_new_tokens=2)  # flat, not one list per prompt
     with pytest.raises(InvalidPromptError, match="query"):
         engine.generate("Hi", query=["Robert"], max_new_tokens=2)
+    surrogate = Passage(id="bad", text="Robert Boulter \udc80 is an actor.")
+    with pytest.raises(InvalidPassagesError, match="lone surrogate at char 15"):
+        engine.generate("Tell me about Robert Boulter.", passages=[surrogate], max_new_tokens=2)
+
+
+def test_bad_input_to_stream_raises_at_the_call_not_at_the_first_chunk(engine) -> None:
+    with pytest.raises(InvalidPromptError):
+        engine.stream("")
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        engine.stream("Hi", max_new_tokens=True)
+
+
+def test_the_same_passage_given_twice_is_not_listed_as_its_own_other_holder(engine, boulter_passages) -> None:
+    twice = [boulter_passages[0], boulter_passages[0], *boulter_passages[1:]]
+    result = engine.generate("Tell me about Robert Boulter.", passages=twice, max_new_tokens=48)
+    assert result.citations
+    assert all(c.passage_id not in c.also_in for c in result.citations + result.fragments)
 
 
 def test_a_paused_stream_does_not_block_its_own_thread(engine, boulter_passages) -> None:
@@ -301,3 +319,19 @@ def test_a_paused_stream_does_not_block_its_own_thread(engine, boulter_passages)
     worker.join(timeout=120)
     assert not worker.is_alive(), "the same thread deadlocked on its own paused stream"
     assert len(done) == 2
+
+
+def test_copies_of_text_with_zero_width_spaces_are_cited(engine) -> None:
+    """A byte-level token holding " " and the first bytes of U+200B: the source's char spans give
+    it the whole U+200B, the output gives it the space alone; the copy is cited all the same."""
+    base = (
+        "Robert Boulter is an English film, television and theatre actor. He had a guest-starring role on the "
+        "television series The Bill in 2000. This was followed by a starring role in the play Herons written by "
+        "Simon Stephens, which was performed in 2001 at the Royal Court Theatre."
+    )
+    text = base.replace(" ", " \u200b")
+    passage = Passage(id="zw", title="Robert Boulter", text=text)
+    result = engine.generate("Tell me about Robert Boulter.", passages=[passage], max_new_tokens=40)
+    assert result.citations
+    for c in result.citations:
+        assert c.quote == result.text[c.output_start : c.output_end] == text[c.passage_start : c.passage_end]

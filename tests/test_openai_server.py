@@ -374,3 +374,19 @@ def test_an_error_mid_stream_ends_it_with_an_error_event_and_done(engine, model_
         assert "secret internal detail" not in r.text
         health = httpx.get(f"{url}/health").json()  # the admission slot was given back
         assert health == {"status": "ok", "running": 0, "waiting": 0}
+
+
+def test_tool_turns_and_a_null_content_are_read_as_openai_clients_send_them(server, model_id) -> None:
+    """An agent's history: an assistant turn that only called a tool (content null) and the tool's
+    result (role "tool"; legacy "function") are accepted; the first stage searches the last user turn."""
+    messages = [
+        {"role": "user", "content": "Look up Robert Boulter."},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Robert Boulter is an English actor."},
+        {"role": "function", "name": "lookup", "content": "He starred in Herons."},
+        {"role": "user", "content": "Tell me about Robert Boulter."},
+    ]
+    body = {"model": model_id, "messages": messages, "max_tokens": 16}
+    reply = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"]

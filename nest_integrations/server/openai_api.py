@@ -209,7 +209,7 @@ def create_app(
 
     def generation_args(req: ChatCompletionRequest) -> tuple[list[Message], dict[str, Any]]:
         """The messages and the engine's per-call arguments (``prompt_ids`` included: tokenised once)."""
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]  # the engine maps role aliases
         if not any(m["content"].strip() for m in messages):
             raise ApiError(400, "The messages are empty.", param="messages")
         if sum(len(m["content"]) for m in messages) > limits.max_prompt_chars:

@@ -16,11 +16,16 @@ class TextPart(BaseModel):
 
 
 class ChatMessageIn(BaseModel):
+    """A chat message. Tool results ("tool", legacy "function") are read as the engine reads them;
+    ``content`` may be null (an assistant turn that only called tools) and then reads as empty."""
+
     model_config = ConfigDict(extra="ignore", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
