@@ -239,7 +239,7 @@ class BatchedStepModel:
             self._rollback(row, request.keep)
             run[row] = request.tokens
             if request.keep == 0 and self.prefix_cache and not self.slots.get(row):
-                reused = self._reuse_prefix(row, request.tokens)
+                reused = self._reuse_prefix(row, request.tokens, request.wanted())
                 new_prompts[row] = reused
                 run[row] = request.tokens[reused:]
         self._compact()
@@ -281,7 +281,7 @@ class BatchedStepModel:
             mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=device)
             mask.masked_fill_(~allowed, torch.finfo(self.lm.dtype).min)
         # Logits only where rows want them: each row's last k tokens (as one row alone asks for them).
-        wanted = {row: min(request.wanted(), offsets[row][1]) for row, request in requests.items()}
+        wanted = {row: request.wanted() for row, request in requests.items()}
         kept: int | torch.Tensor = 0
         if len(requests) == 1:
             ((row, k),) = wanted.items()
@@ -316,13 +316,13 @@ class BatchedStepModel:
             at += k
         return results
 
-    def _reuse_prefix(self, row: int, tokens: Sequence[int]) -> int:
+    def _reuse_prefix(self, row: int, tokens: Sequence[int], wanted: int) -> int:
         """Give a new row the cached blocks its prompt starts with; returns how many tokens they hold.
 
-        At least the prompt's last token is always run (its logits are wanted)."""
+        The ``wanted`` last tokens (those whose outputs are asked for) are always run."""
         blocks: list[_PrefixBlock] = []
         parent = -1
-        for start in range(0, len(tokens) - PREFIX_BLOCK, PREFIX_BLOCK):
+        for start in range(0, len(tokens) - wanted - PREFIX_BLOCK + 1, PREFIX_BLOCK):
             block = self._blocks.get((parent, tuple(tokens[start : start + PREFIX_BLOCK])))
             if block is None:
                 break

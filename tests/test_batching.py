@@ -487,3 +487,13 @@ def test_streaming_clients_that_leave_at_once_give_back_every_place(lm, corpus_r
         assert health == {"status": "ok", "running": 0, "waiting": 0}
         served = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         assert served.status_code == 200 and served.json()["choices"][0]["message"]["content"]
+
+
+def test_a_prompt_that_wants_every_position_gets_every_position_with_a_cached_prefix(lm) -> None:
+    model = BatchedStepModel(lm, need_hidden=True)
+    first, second = chat_ids(lm, "Who was Nero?"), chat_ids(lm, "Who was Otho?")
+    model.step({0: Forward(first, 0, outputs=1)})
+    out = model.step({1: Forward(second, 0)})[1]  # outputs=None: every position's logits
+    assert out.logits.shape[0] == len(second) and model.prefix_tokens_reused == 0
+    assert model.step({2: Forward(second, 0, outputs=3)})[2].logits.shape[0] == 3
+    assert model.prefix_tokens_reused > 0
