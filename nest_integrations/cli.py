@@ -54,7 +54,7 @@ def _quiet_library_warnings() -> None:
 
 def _ask(args: argparse.Namespace) -> int:
     from .builder import build_engine, check_options
-    from .errors import InvalidPromptError
+    from .errors import ConfigError, InvalidPromptError
     from .lm import normalize_messages
 
     if not args.question.strip():
@@ -71,7 +71,13 @@ def _ask(args: argparse.Namespace) -> int:
         key_store=not args.no_key_store,
         progress=not args.quiet,
     )
-    check_options(options)  # everything a user can get wrong, before the model is loaded
+    try:
+        check_options(options)  # everything a user can get wrong, before the model is loaded
+    except ConfigError as e:  # name the flag the user typed, not the config field behind it
+        message = str(e)
+        for field_name, flag in (("num_passages", "--passages"), ("max_new_tokens", "--max-new-tokens")):
+            message = message.replace(f"{field_name}: ", f"{flag}: ")
+        raise ConfigError(message) from e
     if options.retrieval and options.index is None and not args.json:
         from .corpus import DEFAULT_CORPUS_NOTICE
 

@@ -390,3 +390,20 @@ def test_tool_turns_and_a_null_content_are_read_as_openai_clients_send_them(serv
     reply = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"]
+
+
+def test_a_client_gone_before_its_body_arrived_is_not_a_server_error(server, caplog) -> None:
+    import logging
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(server)
+    with caplog.at_level(logging.ERROR):
+        with socket.create_connection((address.hostname, address.port), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"model": '
+            )
+        time.sleep(1.0)
+        assert httpx.get(f"{server}/health").json()["running"] == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]

@@ -26,6 +26,7 @@ try:  # FastAPI resolves the endpoints' annotations from this module's globals
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('The server needs the "serve" extra: pip install "nest-integrations[serve]"') from e
 
@@ -175,10 +176,13 @@ def create_app(
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise ApiError(413, f"Request body is larger than {limits.max_body_bytes} bytes.")
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limits.max_body_bytes:
-                raise ApiError(413, f"Request body is larger than {limits.max_body_bytes} bytes.")
+        try:
+            async for part in request.stream():
+                body += part
+                if len(body) > limits.max_body_bytes:
+                    raise ApiError(413, f"Request body is larger than {limits.max_body_bytes} bytes.")
+        except ClientDisconnect as e:  # gone before its body arrived: nothing to answer, nothing went wrong
+            raise ApiError(499, "The client disconnected.") from e
         try:
             payload = json.loads(bytes(body).decode("utf-8"))
         except UnicodeDecodeError as e:
