@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CALIBRATED_DIR = Path(__file__).parent / "data" / "calibrated"
 
@@ -142,16 +142,12 @@ class NestConfig(BaseModel):
     def _one_stop_string(cls, value: Any) -> Any:
         """``stop="\\n"`` is ``stop=["\\n"]``; items must be strings (no bytes, no numbers)."""
         if isinstance(value, str):
-            return [value]
-        if isinstance(value, (list, tuple)) and not all(isinstance(s, str) for s in value):
-            raise ValueError(f"stop takes a string or a list of strings, got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _check_stop(self) -> NestConfig:
-        if any(s == "" for s in self.stop):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+            raise ValueError(f"stop takes a string or a list of strings, got {value!r}")  # a set has no order
+        if any(s == "" for s in value):
             raise ValueError("stop strings must be non-empty")
-        return self
+        return list(value)
 
     @classmethod
     def paper(cls, **overrides: Any) -> NestConfig:
@@ -184,6 +180,23 @@ def calibration_file(model_name: str) -> Path:
     return CALIBRATED_DIR / f"{model_name.replace('/', '--')}.json"
 
 
+_SCALAR_KINDS: dict[Any, str] = {
+    int: "an integer",
+    int | None: "an integer",
+    float: "a number",
+    float | None: "a number",
+    bool: "true or false",
+}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind == "an integer" else isinstance(value, (int, float))
+
+
 def with_overrides(config: NestConfig, overrides: dict[str, Any]) -> NestConfig:
     """``config`` with per-call ``overrides`` (NestConfig fields) applied and validated.
 
@@ -198,13 +211,14 @@ def with_overrides(config: NestConfig, overrides: dict[str, Any]) -> NestConfig:
         return config
     for name, value in overrides.items():
         field = NestConfig.model_fields.get(name)
-        # Integers are taken as given: True or "8" for max_new_tokens is a caller's mistake, not 1 or 8.
-        is_int = field is not None and field.annotation in (int, int | None)
-        if is_int and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        kind = _SCALAR_KINDS.get(field.annotation) if field is not None else None
+        # Numbers and flags are taken as given: True or "8" for max_new_tokens, "0.5" for temperature
+        # or "yes" for do_sample are a caller's mistake, not 1, 8, 0.5 and True.
+        if kind is not None and value is not None and not _is_kind(value, kind):
             raise ConfigError(
-                f"{name}: expected an integer, got {type(value).__name__} {value!r}",
+                f"{name}: expected {kind}, got {type(value).__name__} {value!r:.80}",
                 option=name,
-                reason="expected an integer",
+                reason=f"expected {kind}",
             )
     try:
         return NestConfig.model_validate({**config.model_dump(), **overrides})
@@ -212,7 +226,8 @@ def with_overrides(config: NestConfig, overrides: dict[str, Any]) -> NestConfig:
         first = e.errors()[0]
         option = str(first["loc"][0]) if first["loc"] else None
         reason = str(first["msg"]).removeprefix("Value error, ")
-        given = f" (got {overrides[option]!r:.80})" if option in overrides else ""
+        value = repr(overrides[option]) if option in overrides else None
+        given = f" (got {value:.80})" if value is not None and value not in reason else ""
         raise ConfigError(f"{option}: {reason}{given}" if option else reason, option=option, reason=reason) from e
 
 

@@ -26,6 +26,10 @@ from .speculative import accepted_length, best_neighbor, relaxed_accepts, residu
 from .step_model import Forward, SingleStepModel, StepModel, StepOutput
 from .token_index import TokenIndex
 
+# A sampling temperature below this draws the most likely token (vLLM's rule: log-probabilities
+# divided by ~1e-38 or less overflow float32, and the draw would fail).
+GREEDY_TEMPERATURE = 1e-5
+
 
 @dataclass
 class DecodeStep:
@@ -175,6 +179,8 @@ class NestDecoder:
     def _sampling_distribution(self, p: torch.Tensor) -> torch.Tensor:
         """What a token is drawn from: p_M with temperature and top-p applied (sampling only)."""
         cfg = self.cfg
+        if cfg.temperature < GREEDY_TEMPERATURE:  # as vLLM: so small a temperature is greedy (dividing overflows)
+            return torch.zeros_like(p).scatter_(-1, p.argmax(-1, keepdim=True), 1.0)
         if cfg.temperature != 1.0:
             p = torch.softmax(torch.log(p.clamp(min=1e-30)) / cfg.temperature, dim=-1)
         if cfg.top_p < 1.0:

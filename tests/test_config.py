@@ -65,10 +65,16 @@ def test_per_call_overrides_fail_with_one_line_naming_the_option() -> None:
         ({"max_new_tokens": True}, "max_new_tokens: expected an integer, got bool True"),
         ({"max_new_tokens": "8"}, "max_new_tokens: expected an integer, got str '8'"),
         ({"seed": 2.0}, "seed: expected an integer, got float 2.0"),
-        ({"stop": [""]}, "stop strings must be non-empty"),
+        ({"stop": [""]}, "stop: stop strings must be non-empty (got [''])"),
+        ({"stop": [1]}, "stop: stop takes a string or a list of strings, got [1]"),
+        ({"stop": {"x"}}, "stop: stop takes a string or a list of strings, got {'x'}"),
+        ({"temperature": "0.5"}, "temperature: expected a number, got str '0.5'"),
+        ({"temperature": True}, "temperature: expected a number, got bool True"),
+        ({"do_sample": "yes"}, "do_sample: expected true or false, got str 'yes'"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError) as caught:
             with_overrides(config, overrides)
         assert str(caught.value) == message and "\n" not in str(caught.value)
+        assert caught.value.option == next(iter(overrides))
     assert with_overrides(config, {"max_new_tokens": 8, "seed": None, "temperature": 1}).temperature == 1.0

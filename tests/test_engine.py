@@ -335,3 +335,18 @@ def test_copies_of_text_with_zero_width_spaces_are_cited(engine) -> None:
     assert result.citations
     for c in result.citations:
         assert c.quote == result.text[c.output_start : c.output_end] == text[c.passage_start : c.passage_end]
+
+
+def test_a_vanishing_sampling_temperature_draws_the_greedy_token(engine, boulter_passages) -> None:
+    """As vLLM: a temperature under 1e-5 is greedy (1e-320 overflowed the draw: a RuntimeError, a 500)."""
+    greedy = engine.generate("Tell me about Robert Boulter.", passages=boulter_passages, max_new_tokens=12)
+    for temperature in (1e-320, 1e-6):
+        tiny = engine.generate(
+            "Tell me about Robert Boulter.",
+            passages=boulter_passages,
+            max_new_tokens=12,
+            do_sample=True,
+            temperature=temperature,
+            seed=1,
+        )
+        assert tiny.text == greedy.text

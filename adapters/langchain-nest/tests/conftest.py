@@ -47,7 +47,7 @@ def vectorstore(corpus_documents: list[Document], embeddings: NestEmbeddings) ->
 def _same_but_score_noise(a: object, b: object) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(
-            abs(a[k] - b[k]) < 1e-6 if k == "score" else _same_but_score_noise(a[k], b[k]) for k in a
+            abs(a[k] - b[k]) < 1e-4 if k == "score" else _same_but_score_noise(a[k], b[k]) for k in a
         )
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same_but_score_noise(x, y) for x, y in zip(a, b, strict=True))
