@@ -123,8 +123,7 @@ class ClaimTracker:
             if run is not None and not self._gap_matches(text, run, end):
                 self._close(text)
             return
-        spans = self._spans.get(prov.passage)
-        a, b = spans[prov.position] if spans is not None else self._source_span(prov)
+        a, b = self._source_span(prov)
         if b <= 0:  # the token lies in the title the passage was encoded with, not in its text
             if run is not None:
                 self._close(text)
@@ -136,7 +135,7 @@ class ClaimTracker:
             and prov.passage == run.passage
             and prov.position > run.last_position
             and a - run.src_end == start - run.out_end
-            and (start == run.out_end or self._gap_matches(text, run, start))  # most often: no gap
+            and self._gap_matches(text, run, start)
         ):
             run.out_end, run.src_end, run.last_position, run.gap_checked = end, b, prov.position, 0
             run.confidences.append(prov.confidence)
@@ -221,8 +220,7 @@ class ClaimTracker:
     def _citation(self, text: Chars, run: _Run, o0: int, o1: int, s0: int, s1: int) -> Citation:
         p = self.passages[run.passage].passage
         doc_start = p.start + s0 if p.start is not None else None
-        # Built without re-validation: every field is computed here with its type.
-        return Citation.model_construct(
+        return Citation(
             output_start=o0,
             output_end=o1,
             quote=text[o0:o1],

@@ -100,10 +100,7 @@ class NestEngine:
         """Answer ``prompt`` (a string or chat messages). See :meth:`stream` for the arguments."""
         # Decoded as :meth:`stream` does, but no chunk is built until the one with the result.
         prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
-        if self._scheduler is not None:
-            return _last_result(self._scheduler.submit(prepare))
-        with self._lock:
-            return _last_result(_decode_alone(prepare()))
+        return _last_result(self._decode_when_read(prepare))
 
     def stream(
         self,

@@ -88,10 +88,9 @@ class AnswerAssembler:
 
     def _feed_claims(self, committed: int, dropped: int = 0) -> None:
         """Give the claims the last ``committed`` tokens, but the ``dropped`` ones (no text) at their end."""
-        d, add, provenance = self.detok, self.claims.add, self.provenance
-        text, starts, ends = d.text, d.starts, d.ends
+        d = self.detok
         for i in range(d.committed - committed, d.committed - dropped):
-            add(text, provenance[i], starts[i], ends[i])
+            self.claims.add(d.text, self.provenance[i], d.starts[i], d.ends[i])
 
     def _final_citations(self, limit: int) -> list[Citation]:
         if self._cited == len(self.claims.citations):

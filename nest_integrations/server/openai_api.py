@@ -262,10 +262,9 @@ def create_app(
         await admit(request)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            release = _once(admission.release)
             return _ReleasingStream(
-                _sse(engine, release, messages, overrides, completion_id, created, model_id, include_usage),
-                release,
+                _sse(engine, messages, overrides, completion_id, created, model_id, include_usage),
+                _once(admission.release),
                 media_type="text/event-stream",
             )
         try:
@@ -327,10 +326,10 @@ def _once(release: Callable[[], None]) -> Callable[[], None]:
 
 
 class _ReleasingStream(StreamingResponse):
-    """A ``StreamingResponse`` that gives back the admission slot however it ends. When the client
-    is gone before the first chunk, Starlette's first ``send`` fails and the body generator never
-    starts, so its own ``finally`` never runs: the slot was lost (a few such clients wedged the
-    server)."""
+    """A ``StreamingResponse`` that gives back the admission slot however it ends: sent in full,
+    failed, cancelled, or never sent at all. (A ``finally`` in the body generator missed clients
+    that left at once, whose generator never ran to its end or never started: a few of them wedged
+    the server.)"""
 
     def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
@@ -386,7 +385,6 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 async def _sse(
     engine: NestEngine,
-    release: Callable[[], None],
     messages: list[Message],
     overrides: dict[str, Any],
     completion_id: str,
@@ -394,7 +392,7 @@ async def _sse(
     model_id: str,
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format; the admission slot is held until the end.
+    """Server-sent events in OpenAI's chunk format (the response that sends them gives the admission slot back).
 
     An error once the stream has started ends it with ``data: {"error": {...}}`` (OpenAI's error
     format, as OpenAI-compatible servers send it) and ``data: [DONE]``; the client has the 200.
@@ -412,24 +410,21 @@ async def _sse(
         return f"data: {json.dumps(chunk)}\n\n"
 
     try:
-        try:
-            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            async for piece in engine.astream(messages, **overrides):
-                delta: dict[str, Any] = {"content": piece.text}
-                if piece.citations:
-                    delta["citations"] = [c.model_dump(mode="json") for c in piece.citations]
-                if piece.result is None:
-                    yield event([{"index": 0, "delta": delta, "finish_reason": None}])
-                    continue
-                result = piece.result
-                yield event(
-                    [{"index": 0, "delta": delta, "finish_reason": _finish(result.finish_reason)}],
-                    nest=result.stats.model_dump(),
-                )
-                if include_usage:
-                    yield event([], usage=_usage(result.stats.prompt_tokens, result.stats.tokens_generated))
-        except Exception as e:  # a client disconnect (CancelledError, GeneratorExit) is not caught here
-            yield f"data: {json.dumps(api_error_for(e).body)}\n\n"
-        yield "data: [DONE]\n\n"
-    finally:
-        release()
+        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        async for piece in engine.astream(messages, **overrides):
+            delta: dict[str, Any] = {"content": piece.text}
+            if piece.citations:
+                delta["citations"] = [c.model_dump(mode="json") for c in piece.citations]
+            if piece.result is None:
+                yield event([{"index": 0, "delta": delta, "finish_reason": None}])
+                continue
+            result = piece.result
+            yield event(
+                [{"index": 0, "delta": delta, "finish_reason": _finish(result.finish_reason)}],
+                nest=result.stats.model_dump(),
+            )
+            if include_usage:
+                yield event([], usage=_usage(result.stats.prompt_tokens, result.stats.tokens_generated))
+    except Exception as e:  # a client disconnect (CancelledError, GeneratorExit) is not caught here
+        yield f"data: {json.dumps(api_error_for(e).body)}\n\n"
+    yield "data: [DONE]\n\n"

@@ -45,20 +45,3 @@ def no_openai_defaults(embed_model):
     """LlamaIndex defaults to OpenAI; tests never reach it."""
     Settings.embed_model = embed_model
     yield
-
-
-def _same_but_score_noise(a: object, b: object) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(
-            abs(a[k] - b[k]) < 1e-4 if k == "score" else _same_but_score_noise(a[k], b[k]) for k in a
-        )
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same_but_score_noise(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
-
-
-@pytest.fixture(scope="session")
-def same_citations():
-    """Whether two answers' citations are the same, scores (mean 1 - lambda) to float noise: a
-    prompt whose start another request cached (prefix caching) sums its attention in another order."""
-    return _same_but_score_noise
