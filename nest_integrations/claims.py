@@ -10,7 +10,6 @@ O(1) amortised, so streaming stays linear. Decoding is not done here.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .citations import Citation, Provenance
 from .passages.types import Passage, ScoredPassage
-from .text_stream import Chars, joined, word_count
+from .text_stream import Chars, joined, last_word, word_count
 from .token_index import EncodedPassage
 
 log = logging.getLogger(__name__)
@@ -95,21 +94,22 @@ class ClaimTracker:
         self.citations: list[Citation] = []  # final, in output order
         self.fragments: list[Citation] = []
         self._open: _Run | None = None
-        self._spans: dict[int, list[list[int]]] = {}
+        self._spans: dict[int, tuple[list[int], list[int]]] = {}
 
     def _source_span(self, prov: Provenance) -> tuple[int, int]:
         """Char range of a copied token in its passage's text (negative: in the title before it)."""
         spans = self._spans.get(prov.passage)
-        if spans is None:  # once per passage copied from: a list reads faster than numpy, token by token
+        if spans is None:  # once per passage copied from: lists of ints read faster than numpy, token by token
             enc = self.encoded[prov.passage]
-            spans = self._spans[prov.passage] = (enc.char_spans - enc.text_offset).tolist()
+            starts = (enc.char_spans[:, 0] - enc.text_offset).tolist()
+            ends = (enc.char_spans[:, 1] - enc.text_offset).tolist()
             # A byte-level token holding whole characters and the first bytes of the next one (" " and
             # half of U+200B) gets only its whole characters, as the output's detokeniser gives it.
-            for here, after in itertools.pairwise(spans):
-                if here[0] < after[0] < here[1]:
-                    here[1] = after[0]
-        a, b = spans[prov.position]
-        return a, b
+            for k in range(len(starts) - 1):
+                if starts[k] < starts[k + 1] < ends[k]:
+                    ends[k] = starts[k + 1]
+            spans = self._spans[prov.passage] = (starts, ends)
+        return spans[0][prov.position], spans[1][prov.position]
 
     def add(self, text: Chars, prov: Provenance | None, start: int, end: int) -> None:
         """One committed output token: its provenance (None: generated) and char range in ``text``."""
@@ -126,7 +126,7 @@ class ClaimTracker:
         a, b = self._source_span(prov)
         if b <= 0:  # the token lies in the title the passage was encoded with, not in its text
             if run is not None:
-                self._close(text)
+                self._close(text, hi=start)  # a quote never grows over copied title text
             return
         if a < 0:  # straddles the title separator: keep the text part
             start, a = start - a, 0
@@ -177,7 +177,7 @@ class ClaimTracker:
                 self.fragments.append(short)
 
     def _file(self, cit: Citation) -> None:
-        (self.citations if word_count(cit.quote) >= MIN_CLAIM_WORDS else self.fragments).append(cit)
+        (self.citations if word_count(cit.quote, MIN_CLAIM_WORDS) >= MIN_CLAIM_WORDS else self.fragments).append(cit)
 
     def _close(self, text: Chars, hi: int | None = None) -> None:
         run, self._open = self._open, None
@@ -212,7 +212,7 @@ class ClaimTracker:
             self.fragments.append(self._citation(text, run, o0, cut, s0, s0 + (cut - o0)))
             rest = text[cut:o1]
             cut += len(rest) - len(rest.lstrip())
-            if word_count(text[cut:o1]) < MIN_CLAIM_WORDS:
+            if word_count(text[cut:o1], MIN_CLAIM_WORDS) < MIN_CLAIM_WORDS:
                 return None
             o0, s0 = cut, s0 + (cut - o0)
         return self._citation(text, run, o0, o1, s0, s1)
@@ -258,7 +258,7 @@ def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: in
     sentence end: the new sentence did not go on as in the source, so its first word is not cited."""
     quote = text[o0:o1]
     breaks = list(_SENTENCE_BREAK.finditer(quote))
-    if breaks and 0 < word_count(quote[breaks[-1].end() :]) < MIN_CLAIM_WORDS:
+    if breaks and 0 < word_count(quote[breaks[-1].end() :], MIN_CLAIM_WORDS) < MIN_CLAIM_WORDS:
         cut = breaks[-1].end()
         return o0, o0 + cut, s0, s0 + cut
     return o0, o1, s0, s1
@@ -269,8 +269,7 @@ def _previous_word(text: Chars, end: int) -> str | None:
     before = text[max(0, end - 200) : end]
     if not before.strip() or before.rstrip()[-1:] in (".", "!", "?") or before.rstrip(" \t")[-1:] == "\n":
         return None
-    words = _WORD_RE.findall(before)  # linear; a search for "word, then only non-words to the end" is quadratic
-    return words[-1] if words else None
+    return last_word(before)
 
 
 def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int) -> bool:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from .citations import Citation, NestResult, Provenance
 from .claims import ClaimTracker
 from .passages.types import Passage, ScoredPassage
-from .text_stream import IncrementalDetokenizer, StopScanner
+from .text_stream import Chars, IncrementalDetokenizer, StopScanner
 from .token_index import EncodedPassage
 
 
@@ -32,9 +32,10 @@ class NestChunk(BaseModel):
 class AnswerAssembler:
     """Collects decoded tokens and their provenance; releases text and final citations.
 
-    ``stream=False`` (``generate``, which reads only the result): :meth:`put` keeps the text,
-    the stop scan and the claims up to date but builds no chunk; :meth:`last_chunk` then
-    carries the whole text and every citation.
+    ``stream=False`` (``generate``, which reads only the result): :meth:`put` keeps the text
+    and the stop scan up to date but builds no chunk and no claim; :meth:`finish` builds the
+    claims in one pass over the finished text (a ``str``: indexing it is cheaper than the
+    growing text's), and :meth:`last_chunk` carries the whole text and every citation.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class AnswerAssembler:
         self._released = 0  # chars of text streamed so far
         self._unreleased = ""  # text after those chars: a possible partial stop string
         self._cited = 0  # citations streamed so far
+        self._claimed = 0  # tokens given to the claims so far
 
     def put(self, tokens: Sequence[int], provenance: Sequence[Provenance | None]) -> NestChunk | None:
         """Add one decoding step; returns the chunk it releases, if any (None after a stop string)."""
@@ -67,11 +69,14 @@ class AnswerAssembler:
             kept_tokens, kept_provenance = tokens[:kept], provenance[:kept]
         d = self.detok
         self.provenance.extend(kept_provenance)
-        self._feed_claims(d.put(kept_tokens))
+        d.put(kept_tokens)
         new = d.appended
         if self.stop_at is None:
             self.stop_at = self.stops.feed(new)
-        if self.stop_at is not None or not self.stream:
+        if not self.stream:
+            return None
+        self._feed_claims(d.text, d.committed)
+        if self.stop_at is not None:
             return None
         self._unreleased += new
         safe = self.stops.releasable(len(d.text))
@@ -86,11 +91,12 @@ class AnswerAssembler:
             text=released, token_ids=list(tokens), copied=copied, citations=self._final_citations(safe), result=None
         )
 
-    def _feed_claims(self, committed: int, dropped: int = 0) -> None:
-        """Give the claims the last ``committed`` tokens, but the ``dropped`` ones (no text) at their end."""
-        d = self.detok
-        for i in range(d.committed - committed, d.committed - dropped):
-            self.claims.add(d.text, self.provenance[i], d.starts[i], d.ends[i])
+    def _feed_claims(self, text: Chars, upto: int) -> None:
+        """Give the claims the committed tokens not given yet, up to token ``upto``."""
+        add, provenance, starts, ends = self.claims.add, self.provenance, self.detok.starts, self.detok.ends
+        for i in range(self._claimed, upto):
+            add(text, provenance[i], starts[i], ends[i])
+        self._claimed = max(self._claimed, upto)
 
     def _final_citations(self, limit: int) -> list[Citation]:
         if self._cited == len(self.claims.citations):
@@ -107,9 +113,10 @@ class AnswerAssembler:
 
     def finish(self) -> tuple[str, list[int], list[Provenance | None]]:
         """End of output: the final text (cut at a stop string), its tokens and their provenance."""
-        self._feed_claims(self.detok.flush(), self.detok.dropped)  # a cut character's tokens cite nothing
         d = self.detok
+        d.flush()
         text, tokens, provenance = str(d.text), d.tokens, self.provenance
+        self._feed_claims(text, d.committed - d.dropped)  # a cut character's tokens cite nothing
         if self.stop_at is None:
             self.stop_at = self.stops.feed(d.appended)
         if self.stop_at is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import contextlib
+import itertools
 import random
 import re
 import unicodedata
@@ -23,9 +24,21 @@ _MAX_PENDING_TOKENS = 6
 _JOINERS = "'’-\u200d"  # inside a word when between word characters: "Nero's", "pre-war"
 
 
-def _is_word_char(c: str) -> bool:
-    # Letters, digits and combining marks: "e" + U+0301 is one unit, never split.
-    return c.isalnum() or c == "_" or unicodedata.category(c).startswith("M")
+_NON_WORD, _WORD_CHAR, _MARK = 0, 1, 2
+_KINDS: dict[str, int] = {}  # char -> its kind, filled as chars are met (joined() runs per citation edge)
+
+
+def _kind(c: str) -> int:
+    kind = _KINDS.get(c)
+    if kind is None:
+        # Letters, digits and combining marks are word chars: "e" + U+0301 is one unit, never split.
+        if unicodedata.category(c).startswith("M"):
+            kind = _MARK
+        else:
+            kind = _WORD_CHAR if c.isalnum() or c == "_" else _NON_WORD
+        if len(_KINDS) < 1 << 16:  # bounded: text of every script at once cannot grow it without end
+            _KINDS[c] = kind
+    return kind
 
 
 def joined(text: Chars, i: int) -> bool:
@@ -33,23 +46,50 @@ def joined(text: Chars, i: int) -> bool:
     if i <= 0 or i >= len(text):
         return False
     left, right = text[i - 1], text[i]
-    if _is_word_char(right) and unicodedata.category(right).startswith("M"):
+    r = _kind(right)
+    if r == _MARK:
         return True  # a combining mark belongs to the character before it
-    if _is_word_char(left) and _is_word_char(right):
+    lk = _kind(left)
+    if lk and r:
         return True
     if left in _JOINERS:
-        return i >= 2 and _is_word_char(text[i - 2]) and _is_word_char(right)
+        return i >= 2 and bool(_kind(text[i - 2])) and bool(r)
     if right in _JOINERS:
-        return i + 1 < len(text) and _is_word_char(left) and _is_word_char(text[i + 1])
+        return i + 1 < len(text) and bool(lk) and bool(_kind(text[i + 1]))
     return False
 
 
 _WORD = re.compile(r"\w+(?:['’\-]\w+)*")  # "Nero's" and "pre-war" are one word each
 
 
-def word_count(text: str) -> int:
-    """Words in ``text``: runs of word characters, joined by an inner apostrophe or hyphen."""
-    return len(_WORD.findall(text))
+def word_count(text: str, at_most: int | None = None) -> int:
+    """Words in ``text``: runs of word characters, joined by an inner apostrophe or hyphen.
+
+    ``at_most``: stop counting there (the answer to "at least n words?" reads only that far).
+    """
+    if at_most is None:
+        return len(_WORD.findall(text))
+    return sum(1 for _ in itertools.islice(_WORD.finditer(text), at_most))
+
+
+_SPACE = re.compile(r"\s")
+
+
+def last_word(text: str) -> str | None:
+    """The last word of ``text`` as ``findall`` splits it from the start, reading only its tail.
+
+    No word holds whitespace, so splitting from just after a whitespace char gives the same
+    words from there on: the tail after one that still holds a word has the same last word.
+    """
+    size = 32
+    while size < len(text):
+        tail = text[-size:]
+        space = _SPACE.search(tail)
+        if space is not None and (words := _WORD.findall(tail, space.end())):
+            return str(words[-1])
+        size *= 4
+    words = _WORD.findall(text)
+    return str(words[-1]) if words else None
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import unicodedata
 
 import numpy as np
@@ -303,3 +304,27 @@ def test_after_a_misstated_first_sentence_the_next_source_sentence_is_still_cite
     _, tracker = _track(source, pieces, out)
     assert [c.quote for c in tracker.citations] == ["He had a role in The Bill."]
     assert [c.quote for c in tracker.fragments] == ["actor."]
+
+
+def test_last_word_and_capped_word_count_agree_with_a_full_split() -> None:
+    import random
+
+    from nest_integrations.text_stream import last_word, word_count
+
+    rng = random.Random(0)
+    alphabet = [*"ab1_ -’'.,\n\tÉé", "\u0301", "\u200d", "語"]
+    for _ in range(20000):  # texts past the first tail windows (32, 128 chars) and shorter ones
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 300)))
+        words = re.findall(r"\w+(?:['’\-]\w+)*", text)
+        assert last_word(text) == (words[-1] if words else None), text
+        cap = rng.randrange(0, 4)
+        assert word_count(text, cap) == min(cap, len(words)) and word_count(text) == len(words)
+
+
+def test_joined_treats_marks_joiners_and_scripts_as_the_definition_says() -> None:
+    # A combining mark joins the char before it; an apostrophe or hyphen joins two word chars only.
+    word = unicodedata.normalize("NFD", "café")
+    assert joined(word, len(word) - 1) and not joined(word + " x", len(word))
+    assert joined("Nero's", 4) and joined("Nero's", 5) and not joined("Nero 's", 5)
+    assert joined("pre-war", 3) and not joined("pre- war", 4)
+    assert joined("中村", 1) and joined("٣٤", 1) and not joined("a.b", 1) and not joined("a", 0)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from citation_checks import assert_citations_exact
 
+from nest_integrations import default_corpus
 from nest_integrations.citations import NestResult, Provenance
 from nest_integrations.claims import MIN_CLAIM_WORDS
 from nest_integrations.lm import load_tokenizer
@@ -106,3 +107,27 @@ def test_citations_stay_exact_when_a_copied_answer_is_cut_inside_a_character(tok
         assert_citations_exact(result, {"zorblax": SPLIT_CHARACTERS})
         if word_count(text) >= MIN_CLAIM_WORDS:  # the copied words before the cut character are still cited
             assert result.citations and result.citations[0].output_start == 0, (n, text)
+
+
+@pytest.mark.parametrize("step", [1, 5])
+def test_generate_builds_at_the_end_the_citations_streaming_builds_as_it_goes(tokenizer, step) -> None:
+    # generate (stream=False) gives the claims the finished text once; streaming, token by token.
+    source = " ".join(d.text for d in default_corpus()[:2])[:6000]
+    passage = Passage(id="p0", text=source, document_id="doc", start=0, end=len(source))
+    encoded = _encoded(tokenizer, passage)
+    ids = encoded.token_ids.tolist()[:600]
+    the = tokenizer.convert_tokens_to_ids("Ġthe")
+    # Copied runs of 20 tokens with 6 generated tokens between them (not the source's).
+    provenance = [Provenance(0, i, 0.9) if i % 26 < 20 else None for i in range(len(ids))]
+    ids = [t if i % 26 < 20 else the for i, t in enumerate(ids)]
+    results, scored = [], [ScoredPassage(passage=passage)]
+    for stream in (True, False):
+        answer = AnswerAssembler(tokenizer, set(), ["\n\n\n"], scored, [encoded], stream=stream)
+        for start in range(0, len(ids), step):
+            answer.put(ids[start : start + step], provenance[start : start + step])
+        text, _, _ = answer.finish()
+        results.append((text, answer.claims.citations, answer.claims.fragments))
+    assert results[0] == results[1]
+    assert len(results[0][1]) >= 15  # most runs are cited
+    result = NestResult(text=results[1][0], citations=results[1][1], passages=scored)
+    assert_citations_exact(result, {"doc": source})
