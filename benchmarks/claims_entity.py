@@ -3,6 +3,7 @@ verbatim-supported share, with citation precision, attribution and speed, for NE
 behind the built-in and the "mixed" first stages, against (a) plain generate.
 
 Usage: python benchmarks/claims_entity.py [--entity 20] [--max-new-tokens 128] [--out DIR]
+    [--set FIELD=JSON ...]
 The same columns as ``nest bench`` (which also has them), for only the systems they concern, so
 before/after runs are short. Systems run interleaved prompt by prompt; claims_entity.md / .json
 are rewritten after every prompt, so a stopped run keeps its figures so far.
@@ -42,9 +43,13 @@ def main() -> None:
     parser.add_argument("--entity", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a NestConfig override")
     args = parser.parse_args()
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     lm = load_lm()
     engine = NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer, progress=False))
+    if overrides:
+        engine = NestEngine(lm, retriever=engine.retriever, config=engine.call_config(**overrides))
     prompts = entity_prompts(args.entity, 0)
     n = args.max_new_tokens
     systems = [plain_generate(engine, n)] + [
@@ -60,7 +65,7 @@ def main() -> None:
         lines = [
             f"## Claim-level quality, {i} of {len(prompts)} entity prompts (seed 0), {n} new tokens",
             "",
-            f"Machine: {machine()}. Model: {lm.name}. Config: the model's default.",
+            f"Machine: {machine()}. Model: {lm.name}. Config: the model's default, overrides {overrides}.",
             "",
             "| " + " | ".join(c for _, c in COLUMNS) + " |",
             "|" + "---|" * len(COLUMNS),

@@ -2,7 +2,7 @@
 
 Three filters, in order: the source-coverage gate (no source names what the query asks
 about: search none), passage relevance (sources under the threshold are left out, and so
-never encoded), and duplicates (identical text held by several passages is one candidate,
+never encoded; so are passages with no text), and duplicates (identical text held by several passages is one candidate,
 held by the best-ranked one). Retrieval itself and the token index are not done here.
 """
 
@@ -46,6 +46,8 @@ def select_sources(query: str, retrieved: Sequence[ScoredPassage], config: NestC
     kept: list[int] = []
     for i in (relevance >= config.min_passage_relevance).nonzero().flatten().tolist():
         text = passages[i].text
+        if not text.strip():
+            continue  # nothing to copy (a vector store's empty chunk): no token of it is searched
         if text in holder_of:
             selection.duplicates.setdefault(holder_of[text], []).append(passages[i])
             continue

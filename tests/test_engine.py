@@ -287,6 +287,16 @@ def test_passages_of_the_wrong_shape_are_rejected_with_what_to_fix(engine, boult
         engine.generate("Tell me about Robert Boulter.", passages=[surrogate], max_new_tokens=2)
 
 
+def test_an_empty_passage_is_not_searched_and_changes_nothing(engine, boulter_passages) -> None:
+    # "hi" has no content word, so relevance keeps every passage: the empty one must be left out, not encoded.
+    empty = Passage(id="empty", text="")
+    alone = engine.generate("hi", passages=[empty], max_new_tokens=3)
+    assert alone.stats.passages_searched == 0 and alone.citations == []
+    with_it = engine.generate("hi", passages=[*boulter_passages, empty], max_new_tokens=8)
+    without = engine.generate("hi", passages=boulter_passages, max_new_tokens=8)
+    assert with_it.text == without.text and with_it.stats.passages_searched == without.stats.passages_searched
+
+
 def test_bad_input_to_stream_raises_at_the_call_not_at_the_first_chunk(engine) -> None:
     with pytest.raises(InvalidPromptError):
         engine.stream("")
