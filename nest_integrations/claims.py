@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .citations import Citation, Provenance
 from .passages.types import Passage, ScoredPassage
+from .relevance import key_terms
 from .text_stream import Chars, joined, last_word, word_count
 from .token_index import EncodedPassage
 
@@ -205,7 +206,7 @@ class ClaimTracker:
         o0, o1, s0, s1 = _drop_dangling_sentence_start(text, *snapped)
         if any(joined(t, i) for t, i in ((text, o0), (text, o1), (p.text, s0), (p.text, s1))):
             return None  # still inside a word or grapheme cluster (limits kept it from growing): not a quote
-        if not _enters_like_its_source(text, o0, p.text, s0):
+        if not _enters_like_its_source(text, o0, p.text, s0, p.title):
             # Its first sentence misstates the subject; the sentences after it start as in the source.
             first_break = _SENTENCE_BREAK.search(text[o0:o1])
             cut = o0 + first_break.end() if first_break else o1
@@ -272,18 +273,35 @@ def _previous_word(text: Chars, end: int) -> str | None:
     return last_word(before)
 
 
-def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int) -> bool:
-    """A claim that follows a name or number in its source sentence follows one the source
-    sentence has (the same subject): "Vitellius used 'Nero' as a surname", copied from "Otho
-    used ...", is not cited; "Kershaw has played" from "Kershaw, who has played" is."""
+def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int, title: str = "") -> bool:
+    """A claim that enters its source sentence midway says what that sentence says of what the
+    output's sentence names before it: the output names (capitalised words past a sentence's
+    first, and numbers) before the claim are all in the source sentence or the title, and a
+    claim that follows a name or number in its source follows one the source sentence has.
+    "Vitellius used 'Nero' as a surname", copied from "Otho used ...", is not cited; nor is "The
+    Big Lebowski is a 2000 play | written by Simon Stephens" from a sentence about "Herons";
+    "Kershaw has played" from "Kershaw, who has played" is."""
     source_word = _previous_word(src, s0)
-    if source_word is None or not (source_word[0].isupper() or any(c.isdigit() for c in source_word)):
-        return True  # a sentence start, or after a common word: no subject to swap
+    if source_word is None:
+        return True  # the claim starts its source sentence
+    start = max((src.rfind(end, 0, s0) for end in (". ", "! ", "? ", "\n")), default=-1) + 1
+    ends = [i for i in (src.find(end, s0) for end in (". ", "! ", "? ", "\n")) if i >= 0]
+    sentence_words = {w.lower() for w in _WORD_RE.findall(f"{title} {src[start : min(ends, default=len(src))]}")}
+    if not key_terms(_sentence_before(out, o0)) <= sentence_words:
+        return False  # the output's sentence names something its source sentence does not
+    if not (source_word[0].isupper() or any(c.isdigit() for c in source_word)):
+        return True  # after a common word: no subject to swap
     word = _previous_word(out, o0)
     if word is None:
         return False
-    start = max((src.rfind(end, 0, s0) for end in (". ", "! ", "? ", "\n")), default=-1) + 1
     return word.lower() in {w.lower() for w in _WORD_RE.findall(src[start:s0])}
+
+
+def _sentence_before(text: Chars, end: int) -> str:
+    """The output's sentence up to char ``end`` (at most 300 chars of it)."""
+    before = text[max(0, end - 300) : end]
+    breaks = list(_SENTENCE_BREAK.finditer(before))
+    return before[breaks[-1].end() :] if breaks else before
 
 
 def _cut(text: Chars, c: Citation) -> Citation | None:

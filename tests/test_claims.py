@@ -328,3 +328,18 @@ def test_joined_treats_marks_joiners_and_scripts_as_the_definition_says() -> Non
     assert joined("Nero's", 4) and joined("Nero's", 5) and not joined("Nero 's", 5)
     assert joined("pre-war", 3) and not joined("pre- war", 4)
     assert joined("中村", 1) and joined("٣٤", 1) and not joined("a.b", 1) and not joined("a", 0)
+
+
+def test_a_claim_entering_midway_is_not_cited_after_names_its_source_sentence_lacks() -> None:
+    source = "In 2001 he starred in the play Herons written by Simon Stephens, which was performed at the Royal Court."
+    pieces = re.findall(r" ?[^ ]+", source)
+    by = pieces.index(" by")
+    copied = [(p, i) for i, p in enumerate(pieces) if i >= by]
+    # The output's sentence names a film and a year the source sentence does not have: a fragment, not a citation.
+    _, made_up = _track(source, pieces, [("The Big Lebowski is a 2000 play written", None), *copied])
+    assert made_up.citations == [] and made_up.fragments
+    # Names the source sentence (or the title) has: cited.
+    _, true = _track(source, pieces, [("In 2001 Herons was written", None), *copied])
+    assert [c.quote for c in true.citations] == [source[source.index("by") :]]
+    _, titled = _track(source, pieces, [("In 2001 T wrote a play, Herons, written", None), *copied])
+    assert titled.citations  # "T" is the passage's title

@@ -156,6 +156,24 @@ def test_named_bad_requests(server, model_id) -> None:
     assert httpx.get(f"{server}/v1/files/etc/passwd").status_code == 404
 
 
+def test_fields_that_would_change_the_response_are_refused_not_ignored(server, model_id) -> None:
+    user = [{"role": "user", "content": "Hi"}]
+    refused = {
+        "logprobs": {"logprobs": True},
+        "top_logprobs": {"top_logprobs": 3},
+        "response_format": {"response_format": {"type": "json_object"}},
+        "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    }
+    for field, extra in refused.items():
+        r = httpx.post(f"{server}/v1/chat/completions", json={"model": model_id, "messages": user, **extra})
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == field, (field, r.text)
+        assert "served" in error["message"] and "Value error" not in error["message"], error
+    served = {"logprobs": False, "response_format": {"type": "text"}, "tools": [], "frobnicate": 1}
+    body = {"model": model_id, "messages": user, "max_tokens": 2, **served}
+    assert httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120).status_code == 200
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),

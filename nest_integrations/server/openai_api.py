@@ -69,7 +69,8 @@ class ApiError(Exception):
 def _validation_message(e: ValidationError) -> tuple[str, str | None]:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or None
-    return f"Invalid request: {where or 'body'}: {err['msg']}", where
+    message = str(err["msg"]).removeprefix("Value error, ")  # a validator's own message, as written
+    return f"Invalid request: {where or 'body'}: {message}", where
 
 
 # Engine option -> the request field a client sets for it (for the error's ``param``).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_SEED = 2**64 - 1
 
@@ -50,6 +50,33 @@ class ChatCompletionRequest(BaseModel):
     # torch's generator takes seeds in 0..2**64-1 (and negatives, which OpenAI's API does not document).
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = Field(1, ge=1, le=1)
+    # Fields that change what a response holds: accepted only at the values this server serves, so a
+    # client asking for log probabilities, JSON mode or tool calls gets a 400, not silently plain text.
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("log probabilities are not served by this server")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            raise ValueError('only {"type": "text"} is served (the answer is cited text; no JSON mode)')
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("tool calling is not served (this server answers with cited text; call it as a tool)")
+        return value
 
 
 def error_body(
