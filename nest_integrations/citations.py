@@ -73,9 +73,11 @@ class NestResult(BaseModel):
     """A generated answer with its citations and statistics.
 
     ``citations`` are claim-level: each is one verbatim slice of one source of two or more
-    words (adjacent copies contiguous in the source merged) that does not follow a name or
-    number its source sentence lacks. Other copies are ``fragments`` (under two words, or
-    entering a source sentence after a different subject): counted in
+    words (adjacent copies contiguous in the source merged); one that enters its source
+    sentence midway is cited only when every name and number the output's sentence gives
+    before it is in that source sentence (or the passage title). Other copies are
+    ``fragments`` (under two words, or entering a source sentence after a different subject
+    or other names): counted in
     ``stats.attribution_ratio``, never listed as sources.
     ``finish_reason`` is ``"abstain"`` when grounded-only mode found no source for the query.
     """
