@@ -86,7 +86,7 @@ class NestConfig(BaseModel):
         ),
     )
     passage_relevance: Literal["score", "query_terms", "both"] = Field(
-        "query_terms",
+        "both",
         description=(
             "What passage relevance is measured by: the first stage's scores, the rarity-weighted share of the "
             "query's content words in the passage, or the smaller of both. Without scores, 'score' says 1."
