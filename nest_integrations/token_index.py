@@ -183,6 +183,15 @@ def _first_key_position(spans: np.ndarray, text_offset: int) -> int:
     return max(len(spans) - 1, 0)
 
 
+_CONTINUES = ",;:.!?)]}'’-–—…"  # a text starting with one of these goes on from text before it
+
+
+def opens_a_sentence(text: str) -> bool:
+    """Whether ``text`` starts as a sentence does: not with a lowercase letter or a closing mark."""
+    first = text.lstrip()[:1]
+    return bool(first) and not first.islower() and first not in _CONTINUES
+
+
 class TokenIndex:
     """One query's token-level datastore: keys of the retrieved passages, searchable by L2."""
 
@@ -225,10 +234,13 @@ class TokenIndex:
             [e.token_ids[e.first_key : e.first_key + c] for e, c in zip(self.passages, counts, strict=True)]
             or [torch.zeros(0, dtype=torch.long)]
         ).to(device)
+        # A chunk that a splitter cut mid-sentence ("which was performed ...") does not start one.
+        opens = [True] * len(self.passages) if sources is None else [opens_a_sentence(p.text) for p in sources]
         self.key_starts_text = torch.cat(
             [
-                (torch.arange(c) == 0) & bool(e.text_offset > 0 and e.char_spans[e.first_key, 1] <= e.text_offset)
-                for e, c in zip(self.passages, counts, strict=True)
+                (torch.arange(c) == 0)
+                & bool(opens[i] and e.text_offset > 0 and e.char_spans[e.first_key, 1] <= e.text_offset)
+                for i, (e, c) in enumerate(zip(self.passages, counts, strict=True))
             ]
             or [torch.zeros(0, dtype=torch.bool)]
         ).to(device)

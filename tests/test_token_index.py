@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nest_integrations import CorruptStoreError, IndexNotFoundError, KeyStore, Passage
-from nest_integrations.token_index import PassageEncoder, TokenIndex, encoded_string
+from nest_integrations.token_index import PassageEncoder, TokenIndex, encoded_string, opens_a_sentence
 
 
 def test_keys_are_second_to_last_hidden_states_and_values_next_tokens(lm, boulter_passages) -> None:
@@ -193,3 +193,20 @@ def test_key_tokens_are_the_left_context_of_values(lm, boulter_passages) -> None
         > enc.text_offset
         >= enc.char_spans[int(index.key_position[first]), 1]
     )
+
+
+def test_a_chunk_cut_mid_sentence_does_not_start_one(lm) -> None:
+    # A splitter's chunk that begins "which was performed ..." continues a sentence: a copy from its
+    # first token does not open a sentence of the answer (the context guard's sentence starts).
+    passages = [
+        Passage(id="a", title="rb.txt", text="Boulter starred in the play Herons."),
+        Passage(id="b", title="rb.txt", text="which was performed in 2001 at the Royal Court Theatre."),
+        Passage(id="c", title="rb.txt", text=", and in 2002 he had a guest role."),
+        Passage(id="d", title="rb.txt", text="\u201cHerons\u201d was performed in 2001."),
+    ]
+    index = TokenIndex(PassageEncoder(lm).encode(passages), lm.device, sources=passages)
+    starts = {passages[int(index.key_passage[k])].id for k in index.key_starts_text.nonzero().flatten().tolist()}
+    assert starts == {"a", "d"}
+    assert int(TokenIndex(PassageEncoder(lm).encode(passages), lm.device).key_starts_text.sum()) == 4
+    assert opens_a_sentence("  Boulter") and opens_a_sentence("1990 was") and not opens_a_sentence("")
+    assert not opens_a_sentence("which") and not opens_a_sentence("; and") and not opens_a_sentence("\u2019s")
