@@ -2,8 +2,9 @@
 
 Three filters, in order: the source-coverage gate (no source names what the query asks
 about: search none), passage relevance (sources under the threshold are left out, and so
-never encoded; so are passages with no text), and duplicates (identical text held by several passages is one candidate,
-held by the best-ranked one). Retrieval itself and the token index are not done here.
+never encoded; so are passages with no text), and duplicates (identical text held by
+several passages is one candidate, held by the best-ranked one). Retrieval itself and the
+token index are not done here.
 """
 
 from __future__ import annotations
