@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -252,6 +253,7 @@ class ClaimTracker:
 
 _SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")
 _WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*")
+_TERM_RE = re.compile(r"\w+")  # relevance.key_terms' words
 
 
 def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: int) -> tuple[int, int, int, int]:
@@ -286,7 +288,9 @@ def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int, title: str =
         return True  # the claim starts its source sentence
     start = max((src.rfind(end, 0, s0) for end in (". ", "! ", "? ", "\n")), default=-1) + 1
     ends = [i for i in (src.find(end, s0) for end in (". ", "! ", "? ", "\n")) if i >= 0]
-    sentence_words = {w.lower() for w in _WORD_RE.findall(f"{title} {src[start : min(ends, default=len(src))]}")}
+    # Split as key_terms splits ("1901-1970" is two terms on both sides).
+    sentence = unicodedata.normalize("NFC", f"{title} {src[start : min(ends, default=len(src))]}".lower())
+    sentence_words = set(_TERM_RE.findall(sentence))
     if not key_terms(_sentence_before(out, o0)) <= sentence_words:
         return False  # the output's sentence names something its source sentence does not
     if not (source_word[0].isupper() or any(c.isdigit() for c in source_word)):

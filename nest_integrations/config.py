@@ -86,10 +86,12 @@ class NestConfig(BaseModel):
         ),
     )
     passage_relevance: Literal["score", "query_terms", "both"] = Field(
-        "both",
+        "query_terms",
         description=(
             "What passage relevance is measured by: the first stage's scores, the rarity-weighted share of the "
-            "query's content words in the passage, or the smaller of both. Without scores, 'score' says 1."
+            "query's content words in the passage, or the smaller of both. Without scores, 'score' says 1. "
+            "Scores are min-max scaled over the retrieved passages, so 'score' and 'both' always leave the "
+            "last-ranked source out (also when a retriever's scores only encode its ranking)."
         ),
     )
     passage_prior: float = Field(

@@ -343,3 +343,19 @@ def test_a_claim_entering_midway_is_not_cited_after_names_its_source_sentence_la
     assert [c.quote for c in true.citations] == [source[source.index("by") :]]
     _, titled = _track(source, pieces, [("In 2001 T wrote a play, Herons, written", None), *copied])
     assert titled.citations  # "T" is the passage's title
+
+
+def test_the_midway_rule_reads_hyphenated_and_apostrophe_names_alike_on_both_sides() -> None:
+    # The output sentence equals the source sentence: its names are the source's, however they split.
+    from nest_integrations.claims import _enters_like_its_source
+
+    for sentence, copy in [
+        ("Anna Berg (1901-1970) was a Swedish painter who studied in Paris.", "studied in Paris."),
+        ("Jean-Paul Sartre later wrote the novel Nausea in 1938.", "wrote the novel Nausea in 1938."),
+        ("Since 1990 Conan O'Brien has hosted the show in New York.", "hosted the show in New York."),
+    ]:
+        at = sentence.index(copy)
+        assert _enters_like_its_source(sentence, at, sentence, at), sentence
+    made_up = "The Big Lebowski (1901-1970) was a painter who studied in Paris."
+    source = "Anna Berg (1901-1970) was a Swedish painter who studied in Paris."
+    assert not _enters_like_its_source(made_up, made_up.index("studied"), source, source.index("studied"))
