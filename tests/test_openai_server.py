@@ -163,13 +163,16 @@ def test_fields_that_would_change_the_response_are_refused_not_ignored(server, m
         "top_logprobs": {"top_logprobs": 3},
         "response_format": {"response_format": {"type": "json_object"}},
         "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        "functions": {"functions": [{"name": "f", "parameters": {}}]},
+        "tool_choice": {"tool_choice": "required"},
+        "function_call": {"function_call": {"name": "f"}},
     }
     for field, extra in refused.items():
         r = httpx.post(f"{server}/v1/chat/completions", json={"model": model_id, "messages": user, **extra})
         error = r.json()["error"]
         assert r.status_code == 400 and error["param"] == field, (field, r.text)
         assert "served" in error["message"] and "Value error" not in error["message"], error
-    served = {"logprobs": False, "response_format": {"type": "text"}, "tools": [], "frobnicate": 1}
+    served = {"logprobs": False, "response_format": {"type": "text"}, "tools": [], "tool_choice": "auto", "x": 1}
     body = {"model": model_id, "messages": user, "max_tokens": 2, **served}
     assert httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120).status_code == 200
 

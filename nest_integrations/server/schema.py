@@ -56,6 +56,9 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
+    functions: list[dict[str, Any]] | None = None  # the legacy form of ``tools``
+    tool_choice: str | dict[str, Any] | None = None
+    function_call: str | dict[str, Any] | None = None
 
     @field_validator("logprobs", "top_logprobs")
     @classmethod
@@ -71,11 +74,18 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError('only {"type": "text"} is served (the answer is cited text; no JSON mode)')
         return value
 
-    @field_validator("tools")
+    @field_validator("tools", "functions")
     @classmethod
     def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if value:
             raise ValueError("tool calling is not served (this server answers with cited text; call it as a tool)")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value is not None and value not in ("none", "auto"):
+            raise ValueError('tool calling is not served: only "none" or "auto" (no tools) is accepted')
         return value
 
 
