@@ -10,6 +10,7 @@ O(1) amortised, so streaming stays linear. Decoding is not done here.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import unicodedata
@@ -97,6 +98,7 @@ class ClaimTracker:
         self.fragments: list[Citation] = []
         self._open: _Run | None = None
         self._spans: dict[int, tuple[list[int], list[int]]] = {}
+        self._breaks: dict[int, SentenceBreaks] = {}  # per passage cited from
 
     def _source_span(self, prov: Provenance) -> tuple[int, int]:
         """Char range of a copied token in its passage's text (negative: in the title before it)."""
@@ -207,7 +209,8 @@ class ClaimTracker:
         o0, o1, s0, s1 = _drop_dangling_sentence_start(text, *snapped)
         if any(joined(t, i) for t, i in ((text, o0), (text, o1), (p.text, s0), (p.text, s1))):
             return None  # still inside a word or grapheme cluster (limits kept it from growing): not a quote
-        if not _enters_like_its_source(text, o0, p.text, s0, p.title):
+        breaks = self._breaks.get(run.passage) or self._breaks.setdefault(run.passage, SentenceBreaks(p.text))
+        if not _enters_like_its_source(text, o0, p.text, s0, p.title, breaks):
             # Its first sentence misstates the subject; the sentences after it start as in the source.
             first_break = _SENTENCE_BREAK.search(text[o0:o1])
             cut = o0 + first_break.end() if first_break else o1
@@ -275,7 +278,31 @@ def _previous_word(text: Chars, end: int) -> str | None:
     return last_word(before)
 
 
-def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int, title: str = "") -> bool:
+class SentenceBreaks:
+    """Where the sentences of a source text end (". ", "! ", "? " or a newline), found once per
+    passage so that each claim looks its source sentence up in O(log n)."""
+
+    def __init__(self, text: str) -> None:
+        self.length = len(text)
+        marks = sorted(
+            [(m.start(), m.end()) for m in re.finditer(r"[.!?] ", text)]
+            + [(m.start(), m.end()) for m in re.finditer("\n", text)]
+        )
+        self._at = [a for a, _ in marks]  # where each break starts
+        self._after = [b for _, b in marks]  # and ends (non-decreasing with its start)
+
+    def sentence_at(self, i: int) -> tuple[int, int]:
+        """(start, end) of the sentence holding char ``i``: from just after the last break that
+        ends by ``i`` (the space of ". " included) to the first break that starts from ``i`` on."""
+        last = bisect.bisect_right(self._after, i) - 1
+        start = self._at[last] + 1 if last >= 0 else 0
+        after = bisect.bisect_left(self._at, i)
+        return start, self._at[after] if after < len(self._at) else self.length
+
+
+def _enters_like_its_source(
+    out: Chars, o0: int, src: str, s0: int, title: str = "", breaks: SentenceBreaks | None = None
+) -> bool:
     """A claim that enters its source sentence midway says what that sentence says of what the
     output's sentence names before it: the output names (capitalised words past a sentence's
     first, and numbers) before the claim are all in the source sentence or the title, and a
@@ -286,10 +313,9 @@ def _enters_like_its_source(out: Chars, o0: int, src: str, s0: int, title: str =
     source_word = _previous_word(src, s0)
     if source_word is None:
         return True  # the claim starts its source sentence
-    start = max((src.rfind(end, 0, s0) for end in (". ", "! ", "? ", "\n")), default=-1) + 1
-    ends = [i for i in (src.find(end, s0) for end in (". ", "! ", "? ", "\n")) if i >= 0]
+    start, end = (breaks or SentenceBreaks(src)).sentence_at(s0)
     # Split as key_terms splits ("1901-1970" is two terms on both sides).
-    sentence = unicodedata.normalize("NFC", f"{title} {src[start : min(ends, default=len(src))]}".lower())
+    sentence = unicodedata.normalize("NFC", f"{title} {src[start:end]}".lower())
     sentence_words = set(_TERM_RE.findall(sentence))
     if not key_terms(_sentence_before(out, o0)) <= sentence_words:
         return False  # the output's sentence names something its source sentence does not

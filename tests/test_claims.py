@@ -359,3 +359,22 @@ def test_the_midway_rule_reads_hyphenated_and_apostrophe_names_alike_on_both_sid
     made_up = "The Big Lebowski (1901-1970) was a painter who studied in Paris."
     source = "Anna Berg (1901-1970) was a Swedish painter who studied in Paris."
     assert not _enters_like_its_source(made_up, made_up.index("studied"), source, source.index("studied"))
+
+
+def test_sentence_breaks_find_the_sentence_a_char_is_in() -> None:
+    import random
+
+    from nest_integrations.claims import SentenceBreaks
+
+    text = "Otho ruled. He died!\nVitellius ruled? Yes. "
+    breaks = SentenceBreaks(text)
+    assert breaks.sentence_at(0) == (0, 10) and breaks.sentence_at(13) == (11, 20)  # "!\n" breaks at the newline
+    assert breaks.sentence_at(25) == (21, 36) and breaks.sentence_at(len(text)) == (len(text) - 1, len(text))
+    rng = random.Random(0)  # the same bounds as scanning back and forth for ". ", "! ", "? " and "\n"
+    for _ in range(3000):
+        t = "".join(rng.choice("ab .!?\n") for _ in range(rng.randrange(0, 40)))
+        b = SentenceBreaks(t)
+        for i in range(len(t) + 1):
+            start = max((t.rfind(e, 0, i) for e in (". ", "! ", "? ", "\n")), default=-1) + 1
+            ends = [k for k in (t.find(e, i) for e in (". ", "! ", "? ", "\n")) if k >= 0]
+            assert b.sentence_at(i) == (start, min(ends, default=len(t))), (t, i)
