@@ -100,11 +100,11 @@ class ClaimTracker:
         self._spans: dict[int, tuple[list[int], list[int]]] = {}
         self._breaks: dict[int, SentenceBreaks] = {}  # per passage cited from
 
-    def _source_span(self, prov: Provenance) -> tuple[int, int]:
-        """Char range of a copied token in its passage's text (negative: in the title before it)."""
-        spans = self._spans.get(prov.passage)
+    def _token_spans(self, passage: int) -> tuple[list[int], list[int]]:
+        """Char range of each token of a passage in its text (negative: in the title before it)."""
+        spans = self._spans.get(passage)
         if spans is None:  # once per passage copied from: lists of ints read faster than numpy, token by token
-            enc = self.encoded[prov.passage]
+            enc = self.encoded[passage]
             starts = (enc.char_spans[:, 0] - enc.text_offset).tolist()
             ends = (enc.char_spans[:, 1] - enc.text_offset).tolist()
             # A byte-level token holding whole characters and the first bytes of the next one (" " and
@@ -112,8 +112,8 @@ class ClaimTracker:
             for k in range(len(starts) - 1):
                 if starts[k] < starts[k + 1] < ends[k]:
                     ends[k] = starts[k + 1]
-            spans = self._spans[prov.passage] = (starts, ends)
-        return spans[0][prov.position], spans[1][prov.position]
+            spans = self._spans[passage] = (starts, ends)
+        return spans
 
     def add(self, text: Chars, prov: Provenance | None, start: int, end: int) -> None:
         """One committed output token: its provenance (None: generated) and char range in ``text``."""
@@ -127,7 +127,8 @@ class ClaimTracker:
             if run is not None and not self._gap_matches(text, run, end):
                 self._close(text)
             return
-        a, b = self._source_span(prov)
+        starts, ends = self._spans.get(prov.passage) or self._token_spans(prov.passage)  # (inlined: once a token)
+        a, b = starts[prov.position], ends[prov.position]
         if b <= 0:  # the token lies in the title the passage was encoded with, not in its text
             if run is not None:
                 self._close(text, hi=start)  # a quote never grows over copied title text
@@ -139,7 +140,7 @@ class ClaimTracker:
             and prov.passage == run.passage
             and prov.position > run.last_position
             and a - run.src_end == start - run.out_end
-            and self._gap_matches(text, run, start)
+            and (start - run.out_end <= run.gap_checked or self._gap_matches(text, run, start))  # no gap: no call
         ):
             run.out_end, run.src_end, run.last_position, run.gap_checked = end, b, prov.position, 0
             run.confidences.append(prov.confidence)
@@ -207,7 +208,7 @@ class ClaimTracker:
         if snapped is None:
             return None
         o0, o1, s0, s1 = _drop_dangling_sentence_start(text, *snapped)
-        if any(joined(t, i) for t, i in ((text, o0), (text, o1), (p.text, s0), (p.text, s1))):
+        if joined(text, o0) or joined(text, o1) or joined(p.text, s0) or joined(p.text, s1):
             return None  # still inside a word or grapheme cluster (limits kept it from growing): not a quote
         breaks = self._breaks.get(run.passage) or self._breaks.setdefault(run.passage, SentenceBreaks(p.text))
         if not _enters_like_its_source(text, o0, p.text, s0, p.title, breaks):
@@ -255,17 +256,27 @@ class ClaimTracker:
 
 
 _SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")
+_SENTENCE_BREAK_REVERSED = re.compile(r"\n|(?<=\s)[.!?]")  # _SENTENCE_BREAK read from the end
+
+
+def _after_last_break(text: str) -> int:
+    """Where the text after the last ``_SENTENCE_BREAK`` of ``text`` starts (0 without one).
+
+    Searches the reversed text: the first match there is the last one here, found without
+    visiting every break of a long quote (this runs once or twice per claim)."""
+    found = _SENTENCE_BREAK_REVERSED.search(text[::-1])
+    return len(text) - found.start() if found else 0
+
+
 _WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*")
-_TERM_RE = re.compile(r"\w+")  # relevance.key_terms' words
 
 
 def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: int) -> tuple[int, int, int, int]:
     """A claim that runs into a new sentence by under two words ("... boobies. The") ends at the
     sentence end: the new sentence did not go on as in the source, so its first word is not cited."""
     quote = text[o0:o1]
-    breaks = list(_SENTENCE_BREAK.finditer(quote))
-    if breaks and 0 < word_count(quote[breaks[-1].end() :], MIN_CLAIM_WORDS) < MIN_CLAIM_WORDS:
-        cut = breaks[-1].end()
+    cut = _after_last_break(quote)
+    if cut and 0 < word_count(quote[cut:], MIN_CLAIM_WORDS) < MIN_CLAIM_WORDS:
         return o0, o0 + cut, s0, s0 + cut
     return o0, o1, s0, s1
 
@@ -273,7 +284,8 @@ def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: in
 def _previous_word(text: Chars, end: int) -> str | None:
     """The word before char ``end`` within its sentence, as written (None at a sentence start)."""
     before = text[max(0, end - 200) : end]
-    if not before.strip() or before.rstrip()[-1:] in (".", "!", "?") or before.rstrip(" \t")[-1:] == "\n":
+    stripped = before.rstrip()
+    if not stripped or stripped[-1] in ".!?" or before.rstrip(" \t")[-1:] == "\n":
         return None
     return last_word(before)
 
@@ -314,11 +326,11 @@ def _enters_like_its_source(
     if source_word is None:
         return True  # the claim starts its source sentence
     start, end = (breaks or SentenceBreaks(src)).sentence_at(s0)
-    # Split as key_terms splits ("1901-1970" is two terms on both sides).
-    sentence = unicodedata.normalize("NFC", f"{title} {src[start:end]}".lower())
-    sentence_words = set(_TERM_RE.findall(sentence))
-    if not key_terms(_sentence_before(out, o0)) <= sentence_words:
-        return False  # the output's sentence names something its source sentence does not
+    names = key_terms(_sentence_before(out, o0))
+    if names:
+        sentence = unicodedata.normalize("NFC", f"{title} {src[start:end]}".lower())
+        if not all(_has_word(sentence, name) for name in names):
+            return False  # the output's sentence names something its source sentence does not
     if not (source_word[0].isupper() or any(c.isdigit() for c in source_word)):
         return True  # after a common word: no subject to swap
     word = _previous_word(out, o0)
@@ -327,11 +339,26 @@ def _enters_like_its_source(
     return word.lower() in {w.lower() for w in _WORD_RE.findall(src[start:s0])}
 
 
+def _has_word(text: str, word: str) -> bool:
+    """Whether ``word`` (a ``\\w+`` run) is a whole ``\\w+`` word of ``text``: ``word in
+    set(re.findall(r"\\w+", text))`` without splitting all of ``text`` (this runs once per claim)."""
+    i = text.find(word)
+    while i >= 0:
+        j = i + len(word)
+        if (i == 0 or not _is_word_char(text[i - 1])) and (j == len(text) or not _is_word_char(text[j])):
+            return True
+        i = text.find(word, i + 1)
+    return False
+
+
+def _is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"  # what ``\\w`` matches in a str pattern (re docs)
+
+
 def _sentence_before(text: Chars, end: int) -> str:
     """The output's sentence up to char ``end`` (at most 300 chars of it)."""
     before = text[max(0, end - 300) : end]
-    breaks = list(_SENTENCE_BREAK.finditer(before))
-    return before[breaks[-1].end() :] if breaks else before
+    return before[_after_last_break(before) :]
 
 
 def _cut(text: Chars, c: Citation) -> Citation | None:

@@ -79,20 +79,25 @@ def _source(position: int, passage: Passage) -> str:
     return passage.document_id or passage.title or f"\x00{position}"
 
 
+_ASCII_DIGIT = re.compile("[0-9]")  # in ASCII text, where ``str.isdigit`` holds
+
+
 def key_terms(query: str) -> set[str]:
     """The query's names and numbers, lowercased: capitalised words that do not open a sentence, and words with a digit.
 
     A sentence's first word is capitalised whatever it is ("Tell", "Which"), so it is not
     taken as a name. Stopwords never count ("I", "You"). Empty for an all-lowercase query.
     """
-    stop = stopwords()
     terms: set[str] = set()
-    for sentence in _SENTENCE_END.split(query.strip()):
-        for i, word in enumerate(_words(sentence)):
-            name = i > 0 and word[0].isupper()
-            if (name or any(c.isdigit() for c in word)) and word.lower() not in stop:
-                terms.add(word.lower())
-    return terms
+    query = query.strip()
+    one_sentence = "." not in query and "!" not in query and "?" not in query  # no split needed (most claims)
+    for sentence in [query] if one_sentence else _SENTENCE_END.split(query):
+        words = _words(sentence)
+        # Set comprehensions, and the per-word digit test only where a digit may be: this runs once per claim.
+        terms |= {w.lower() for w in words[1:] if w[0].isupper()}
+        if not sentence.isascii() or _ASCII_DIGIT.search(sentence):
+            terms |= {w.lower() for w in words if not w.isalpha() and any(map(str.isdigit, w))}
+    return terms - stopwords()
 
 
 def source_coverage(query: str, passages: Sequence[Passage]) -> float | None:

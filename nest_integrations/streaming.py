@@ -86,8 +86,8 @@ class AnswerAssembler:
         released, self._unreleased = self._unreleased[:n], self._unreleased[n:]
         self._released = safe
         copied = provenance[0] is not None if len(provenance) == 1 else any(p is not None for p in provenance)
-        # Built without re-validation: every field is produced here with its type (saves ~5 us a token).
-        return NestChunk.model_construct(
+        # Plain construction: pydantic-core validates these fields faster than model_construct builds them.
+        return NestChunk(
             text=released, token_ids=list(tokens), copied=copied, citations=self._final_citations(safe), result=None
         )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import codecs
 import contextlib
-import itertools
 import random
 import re
 import unicodedata
@@ -69,7 +68,10 @@ def word_count(text: str, at_most: int | None = None) -> int:
     """
     if at_most is None:
         return len(_WORD.findall(text))
-    return sum(1 for _ in itertools.islice(_WORD.finditer(text), at_most))
+    count, position = 0, 0
+    while count < at_most and (word := _WORD.search(text, position)) is not None:
+        count, position = count + 1, word.end()  # as finditer goes on (a word is never empty)
+    return count
 
 
 _SPACE = re.compile(r"\s")
@@ -121,6 +123,28 @@ def token_bytes(tokenizer: Any) -> list[bytes] | None:
     with contextlib.suppress(TypeError):
         _TABLES[tokenizer] = table
     return table
+
+
+_TEXTS: weakref.WeakKeyDictionary[Any, list[str | None]] = weakref.WeakKeyDictionary()
+
+
+def _token_texts(tokenizer: Any, table: list[bytes]) -> list[str | None]:
+    """Each token's text when its bytes are whole UTF-8 characters, else None (built once per tokenizer).
+
+    Decoding such a token with nothing pending needs no incremental decoder call."""
+    try:
+        return _TEXTS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    texts: list[str | None] = []
+    for piece in table:
+        try:
+            texts.append(piece.decode("utf-8"))
+        except UnicodeDecodeError:
+            texts.append(None)
+    with contextlib.suppress(TypeError):
+        _TEXTS[tokenizer] = texts
+    return texts
 
 
 def _build_byte_table(tokenizer: Any) -> list[bytes] | None:
@@ -242,7 +266,9 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self._bytes = token_bytes(tokenizer)
+        self._texts = _token_texts(tokenizer, self._bytes) if self._bytes is not None else []
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = False  # whether the decoder holds the first bytes of a character
         self.tokens: list[int] = []
         self.text = GrowingText()
         self.starts: list[int] = []  # char range of each committed token in ``text``
@@ -261,13 +287,31 @@ class IncrementalDetokenizer:
         before, length = self.committed, len(self.text)
         table = self._bytes
         if table is not None:  # the hot path: a table lookup and an incremental UTF-8 decode a token
-            decode, size, tokens = self._utf8.decode, len(table), self.tokens
-            for t in ids:
+            utf8, size, tokens, starts, ends = self._utf8, len(table), self.tokens, self.starts, self.ends
+            texts, held = self._texts, self._held
+            pending = len(tokens) - before  # tokens of an unfinished character, from earlier calls
+            pieces = []
+            for t in ids:  # inlined commits: this runs once per generated token
                 tokens.append(t)
-                new = decode(table[t] if 0 <= t < size else b"")
-                if new or not self._utf8.getstate()[0]:  # else the token ends inside a character
-                    self._commit(new, len(tokens) - self.committed)
-            self.appended = new if len(ids) == 1 else self.text[length : len(self.text)]
+                pending += 1
+                # Whole characters with no bytes held: the text is known; else the incremental decoder.
+                new = texts[t] if not held and 0 <= t < size else None
+                if new is None:
+                    new = utf8.decode(table[t] if 0 <= t < size else b"")
+                    held = bool(utf8.getstate()[0])
+                if new or not held:  # else the token ends inside a character
+                    end = length + len(new)
+                    if pending == 1:
+                        starts.append(length)
+                        ends.append(end)
+                    else:  # the tokens of one multi-byte character share its char range
+                        starts.extend([length] * pending)
+                        ends.extend([end] * pending)
+                    pieces.append(new)
+                    length, pending = end, 0
+            self.committed, self._held = len(tokens) - pending, held
+            self.appended = pieces[0] if len(pieces) == 1 else "".join(pieces)
+            self.text.append(self.appended)
             return self.committed - before
         self.tokens.extend(ids)
         for end in range(self.committed + 1, len(self.tokens) + 1):
@@ -285,6 +329,7 @@ class IncrementalDetokenizer:
         before, length = self.committed, len(self.text)
         if self._bytes is not None:
             # The decoder holds only the bytes of an unfinished character: all the pending tokens are its.
+            self._held = False
             if self._utf8.decode(b"", final=True):
                 self._drop_pending()
         elif len(self.tokens) > self.committed:
@@ -344,11 +389,11 @@ class StopScanner:
             return None
         window = self._tail + new
         self._tail = window[-self.hold :] if self.hold else ""  # a window shorter than hold is kept whole
-        first = -1
-        for stop in self.stops:
-            i = window.find(stop)
-            if i >= 0 and (first < 0 or i < first):
-                first = i
+        if len(self.stops) == 1:  # the usual case, and this runs once per step
+            first = window.find(self.stops[0])
+        else:
+            found = [i for i in map(window.find, self.stops) if i >= 0]
+            first = min(found) if found else -1
         return base + first if first >= 0 else None
 
     def releasable(self, length: int) -> int:

@@ -378,3 +378,29 @@ def test_sentence_breaks_find_the_sentence_a_char_is_in() -> None:
             start = max((t.rfind(e, 0, i) for e in (". ", "! ", "? ", "\n")), default=-1) + 1
             ends = [k for k in (t.find(e, i) for e in (". ", "! ", "? ", "\n")) if k >= 0]
             assert b.sentence_at(i) == (start, min(ends, default=len(t))), (t, i)
+
+
+def test_the_shortcuts_the_midway_rule_takes_agree_with_the_plain_splits() -> None:
+    import random
+
+    from nest_integrations.claims import _after_last_break, _has_word
+    from nest_integrations.relevance import key_terms, stopwords
+
+    def key_terms_by_loop(query: str) -> set[str]:  # the definition, word by word
+        terms = set()
+        for sentence in re.split(r"(?<=[.!?])\s+", query.strip()):
+            for i, w in enumerate(re.findall(r"\w+", unicodedata.normalize("NFC", sentence))):
+                if (i > 0 and w[0].isupper()) or any(c.isdigit() for c in w):
+                    terms.add(w.lower())
+        return terms - stopwords()
+
+    rng = random.Random(0)
+    alphabet = [*"abXY É12²_.!? \n\t'-", "e\u0301", "٣", "Nero ", "The ", "ǅ"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))
+        breaks = list(re.finditer(r"[.!?](?=\s)|\n", text))
+        assert _after_last_break(text) == (breaks[-1].end() if breaks else 0), text
+        assert key_terms(text) == key_terms_by_loop(text), text
+        words = set(re.findall(r"\w+", text))
+        for word in [*words, "ab", "a", "1", "é"]:
+            assert _has_word(text, word) == (word in words), (text, word)

@@ -131,3 +131,39 @@ def test_generate_builds_at_the_end_the_citations_streaming_builds_as_it_goes(to
     assert len(results[0][1]) >= 15  # most runs are cited
     result = NestResult(text=results[1][0], citations=results[1][1], passages=scored)
     assert_citations_exact(result, {"doc": source})
+
+
+def test_random_token_streams_decode_as_the_tokenizer_does_in_any_step_sizes(tokenizer) -> None:
+    # Byte tokens that start, continue or break multi-byte characters (invalid sequences
+    # included) mixed with whole-word tokens, fed in steps of 1-4: the byte-table path (with its
+    # known-text shortcut for tokens of whole characters) gives the tokenizer's text.
+    import random
+
+    table = token_bytes(tokenizer)
+    assert table is not None
+    partial = [i for i, b in enumerate(table) if b and not _whole_utf8(b)]
+    words = tokenizer(SPLIT_CHARACTERS + " Nero's pre-war café", add_special_tokens=False)["input_ids"]
+    rng = random.Random(0)
+    for _ in range(300):
+        ids = [rng.choice(partial) if rng.random() < 0.4 else rng.choice(words) for _ in range(rng.randrange(1, 30))]
+        detok = IncrementalDetokenizer(tokenizer)
+        at, appended = 0, []
+        while at < len(ids):
+            step = rng.randrange(1, 5)
+            detok.put(ids[at : at + step])
+            appended.append(detok.appended)
+            at += step
+        text_before_flush = "".join(appended)
+        detok.flush()
+        text, starts, ends = str(detok.text), detok.starts, detok.ends
+        assert text == expected_text(tokenizer, ids) and text.startswith(text_before_flush), ids
+        assert detok.committed == len(ids) and starts == sorted(starts) and ends == sorted(ends)
+        assert all(0 <= s <= e <= len(text) for s, e in zip(starts, ends, strict=True))
+
+
+def _whole_utf8(piece: bytes) -> bool:
+    try:
+        piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
