@@ -86,12 +86,13 @@ class NestConfig(BaseModel):
         ),
     )
     passage_relevance: Literal["score", "query_terms", "both"] = Field(
-        "query_terms",
+        "both",
         description=(
             "What passage relevance is measured by: the first stage's scores, the rarity-weighted share of the "
-            "query's content words in the passage, or the smaller of both. Without scores, 'score' says 1. "
-            "Scores are min-max scaled over the retrieved passages, so 'score' and 'both' always leave the "
-            "last-ranked source out (also when a retriever's scores only encode its ranking)."
+            "query's content words in the passage, or the smaller of both. Scores are min-max scaled over the "
+            "retrieved passages, so 'score' always leaves the last-ranked source out; 'both' keeps the query "
+            "words' relevance for a source that names every name and number of the query. Without scores "
+            "(a retriever that gives none), the score signal says 1 and 'both' is 'query_terms'."
         ),
     )
     passage_prior: float = Field(

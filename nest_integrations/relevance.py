@@ -131,15 +131,36 @@ def per_source(relevance: torch.Tensor, passages: Sequence[Passage]) -> torch.Te
 
 
 def passage_relevance(
-    query: str, passages: Sequence[Passage], scores: Sequence[float] | None, signal: RelevanceSignal
+    query: str, passages: Sequence[Passage], scores: Sequence[float | None] | None, signal: RelevanceSignal
 ) -> torch.Tensor:
     """Relevance in [0, 1] per passage (1: its source is as relevant as the best) from the chosen signal.
 
-    ``both`` takes the smaller of the two, so a passage must look relevant to both; without
-    scores (None or all equal) the score signal says nothing and counts as 1.
+    ``both`` takes the smaller of the two, so a passage must look relevant to both, except in
+    a source that names everything the query names (every key term): scores, min-max scaled,
+    always put the last-ranked source at 0, and must not drop the source the query asks about
+    ("Tell me about Lars Berg." ranked below Anna Berg's biography). Without scores (None, any
+    None, or all equal) the score signal says nothing and counts as 1.
     """
-    by_score = relative_scores(scores) if scores is not None else torch.ones(len(passages))
+    given = [s for s in scores or () if s is not None]
+    by_score = relative_scores(given) if scores is not None and len(given) == len(scores) else torch.ones(len(passages))
     if signal == "score":
         return per_source(by_score, passages)
     by_terms = query_term_overlap(query, passages)
-    return per_source(by_terms if signal == "query_terms" else torch.minimum(by_score, by_terms), passages)
+    if signal == "query_terms":
+        return per_source(by_terms, passages)
+    both = torch.minimum(by_score, by_terms)
+    named = _names_everything(query, passages)
+    return per_source(torch.where(named, by_terms, both), passages)
+
+
+def _names_everything(query: str, passages: Sequence[Passage]) -> torch.Tensor:
+    """(n,) bool: the passage's source (its passages together) holds every key term of the query
+    (False for all when the query has none)."""
+    wanted = key_terms(query)
+    if not wanted:
+        return torch.zeros(len(passages), dtype=torch.bool)
+    sources = [_source(i, p) for i, p in enumerate(passages)]
+    found: dict[str, set[str]] = {}
+    for source, p in zip(sources, passages, strict=True):
+        found.setdefault(source, set()).update(w for w in _words(f"{p.title} {p.text}".lower()) if w in wanted)
+    return torch.tensor([found[s] >= wanted for s in sources], dtype=torch.bool)

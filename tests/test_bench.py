@@ -118,7 +118,7 @@ def test_mixed_and_held_out_first_stages(engine) -> None:
     prompt = entity_prompts(1, 0)[0]
     passages = first_stage("mixed", engine)(prompt)
     own = [s for s in passages if s.passage.document_id == prompt.document_id]
-    assert len(passages) == 20 and 1 <= len(own) <= 6 and all(s.score == 0.0 for s in passages)
+    assert len(passages) == 20 and 1 <= len(own) <= 6 and all(s.score is None for s in passages)
     completion = completion_prompts(1, 0)[0]
     held = first_stage("held-out", engine)(completion)
     assert len(held) == 20 and all(s.passage.document_id != completion.document_id for s in held)

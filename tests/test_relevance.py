@@ -37,11 +37,24 @@ def test_query_without_content_words_or_matches_says_nothing() -> None:
 
 def test_both_signals_must_agree_and_missing_scores_count_as_one() -> None:
     passages = [BOULTER, KERSHAW]
-    query = "Tell me about Robert Boulter."
+    query = "Which guest role did he have?"  # no name: the two signals must agree
     assert passage_relevance(query, passages, [0.0, 1.0], "score").tolist() == [0.0, 1.0]
     assert passage_relevance(query, passages, [0.0, 1.0], "both").tolist() == [0.0, 0.0]
     assert passage_relevance(query, passages, None, "both").tolist() == [1.0, 0.0]
+    assert passage_relevance(query, passages, [None, 1.0], "both").tolist() == [1.0, 0.0]  # a missing score: none
     torch.testing.assert_close(passage_relevance(query, passages, None, "score"), torch.ones(2))
+
+
+def test_a_low_score_never_drops_the_source_that_names_everything_the_query_names() -> None:
+    # A break test's case: min-max scaling put the last-ranked passage at 0, and it was the one asked about.
+    anna = Passage(id="a", title="Anna Berg", text="Anna Berg was a Swedish painter who studied in Paris.")
+    lars = Passage(id="l", title="Lars Berg", text="Lars Berg was a Norwegian chemist who studied enzymes.")
+    query = "Tell me about Lars Berg."
+    anna_relevance, lars_relevance = passage_relevance(query, [anna, lars], [0.9, 0.8], "both").tolist()
+    assert lars_relevance == 1.0 and anna_relevance < 0.5  # Anna's biography names "Berg" only
+    # Without a key term, or when no source names all of them, the scores still count.
+    assert passage_relevance("Tell me about chemistry.", [anna, lars], [0.9, 0.8], "both").tolist()[1] == 0.0
+    assert passage_relevance("Tell me about Lars Nilsson.", [anna, lars], [0.9, 0.8], "both").tolist()[1] == 0.0
 
 
 @pytest.mark.parametrize("signal", ["score", "query_terms", "both"])

@@ -16,13 +16,10 @@ class PassageRetriever(Protocol):
 
 
 class StaticRetriever:
-    """Always returns the same passages (scored by position): for fixed contexts and tests."""
+    """Always returns the same passages (unscored unless given as ``ScoredPassage``): for fixed contexts and tests."""
 
     def __init__(self, passages: Sequence[Passage | ScoredPassage]) -> None:
-        self._passages = [
-            p if isinstance(p, ScoredPassage) else ScoredPassage(passage=p, score=float(len(passages) - i))
-            for i, p in enumerate(passages)
-        ]
+        self._passages = [p if isinstance(p, ScoredPassage) else ScoredPassage(passage=p) for p in passages]
 
     def retrieve(self, query: str, k: int) -> list[ScoredPassage]:
         return self._passages[:k]

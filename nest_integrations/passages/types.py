@@ -55,12 +55,13 @@ class Passage(BaseModel):
 
 
 class ScoredPassage(BaseModel):
-    """A passage with its first-stage relevance score (higher is more relevant)."""
+    """A passage with its first-stage relevance score (higher is more relevant; None: the first
+    stage gave none, e.g. a LangChain retriever's plain ``Document``; order alone is not a score)."""
 
     model_config = ConfigDict(frozen=True)
 
     passage: Passage
-    score: float = 0.0
+    score: float | None = None
 
 
 class Document(BaseModel):

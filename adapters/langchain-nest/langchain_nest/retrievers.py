@@ -50,15 +50,15 @@ def document_to_passage(doc: Document) -> Passage | None:
 
 
 def documents_to_passages(docs: Sequence[Document]) -> list[ScoredPassage]:
-    """Scored passages in retriever order; scores from metadata when present, else by rank."""
+    """Passages in retriever order; scores from metadata when present, else None (no score: the
+    order alone is not one, and passage relevance then reads the query's words only)."""
     out: list[ScoredPassage] = []
-    for rank, doc in enumerate(docs):
+    for doc in docs:
         passage = document_to_passage(doc)
         if passage is None:
             continue
         score = next(
-            (float(doc.metadata[k]) for k in _SCORE_KEYS if isinstance(doc.metadata.get(k), (int, float))),
-            float(len(docs) - rank),
+            (float(doc.metadata[k]) for k in _SCORE_KEYS if isinstance(doc.metadata.get(k), (int, float))), None
         )
         out.append(ScoredPassage(passage=passage, score=score))
     return out

@@ -52,12 +52,12 @@ def node_to_passage(nws: NodeWithScore) -> Passage | None:
 
 
 def nodes_to_passages(nodes: Sequence[NodeWithScore]) -> list[ScoredPassage]:
-    """Scored passages in retrieval order (score from the node, else by rank)."""
+    """Passages in retrieval order, with the node's score (None when it has none: the order alone is not one)."""
     out = []
-    for rank, nws in enumerate(nodes):
+    for nws in nodes:
         passage = node_to_passage(nws)
         if passage is not None:
-            score = float(nws.score) if nws.score is not None else float(len(nodes) - rank)
+            score = float(nws.score) if nws.score is not None else None
             out.append(ScoredPassage(passage=passage, score=score))
     return out
 
