@@ -18,6 +18,7 @@ smoke test; the figures that matter are the GPU ones.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -78,12 +79,14 @@ def verification_cost(
     prefix = torch.randint(0, vocab, (1, context), device=device)
     out = model(input_ids=prefix, use_cache=True)
     cache = out.past_key_values
+    # transformers 5.2x takes the cache as ``cache`` (``past_key_values`` still works, with a warning)
+    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     rows: list[dict[str, object]] = []
     for n in ns:
         draft = torch.randint(0, vocab, (1, n), device=device)
 
         def step(draft: torch.Tensor = draft, n: int = n) -> None:
-            model(input_ids=draft, past_key_values=cache, use_cache=True, output_hidden_states=True)
+            model(input_ids=draft, **{cache_argument: cache}, use_cache=True, output_hidden_states=True)
             cache.crop(-n)  # roll back to the context, as NEST does after verification
 
         rows.append({"shape": shape, "n": n, "ms": timed(step, device, repeats)})
