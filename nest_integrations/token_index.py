@@ -47,6 +47,9 @@ def encoded_string(p: Passage) -> tuple[str, int]:
     return (f"{p.title} {p.text}", len(p.title) + 1) if p.title else (p.text, 0)
 
 
+WINDOW_OVERLAP = 64  # tokens of left context a long passage's next window re-reads
+
+
 class PassageEncoder:
     """Encodes passages into token keys with the LM, caching by (model, passage content)."""
 
@@ -95,6 +98,8 @@ class PassageEncoder:
                 hit = self._cache.get(self._cache_key(p))
                 if hit is None and self.key_store is not None:
                     hit = self.key_store.get(p.content_key)
+                    if hit is not None and not _covers(hit, p):
+                        hit = None  # stored by a version that cut passages at 512 tokens: read it again
                     if hit is not None:
                         self._put(self._cache_key(p), hit)
                 if hit is not None:
@@ -125,34 +130,35 @@ class PassageEncoder:
 
     @torch.inference_mode()
     def _encode_uncached(self, passages: Sequence[Passage], progress: bool) -> list[EncodedPassage]:
+        """Every token of every passage gets a key. A passage longer than ``max_passage_tokens``
+        is read in overlapping windows of that many tokens (``WINDOW_OVERLAP`` tokens of left
+        context carried into each next window); each position's key comes from the first window
+        that gives it that much context (or starts the passage)."""
         from tqdm.auto import tqdm
 
         tok = self.lm.tokenizer
         prepared = []
-        for p in passages:
+        windows: list[tuple[int, int]] = []  # (passage index, first token) of each window read
+        size = self.max_passage_tokens
+        stride = max(1, size - min(WINDOW_OVERLAP, size // 2))
+        for i, p in enumerate(passages):
             text, text_offset = encoded_string(p)
-            enc = tok(
-                text,
-                add_special_tokens=False,
-                return_offsets_mapping=True,
-                truncation=True,
-                max_length=self.max_passage_tokens,
-            )
-            prepared.append(
-                (enc["input_ids"], np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2), text_offset)
-            )
-        out: list[EncodedPassage | None] = [None] * len(passages)
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            token_ids = enc["input_ids"]
+            prepared.append((token_ids, np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2), text_offset))
+            windows += [(i, start) for start in range(0, max(1, len(token_ids) - size + stride), stride)]
+        hidden_of: dict[int, list[tuple[int, torch.Tensor]]] = {i: [] for i in range(len(passages))}
         # Longest first, so padding inside a batch is small and memory peaks early.
-        order = sorted(range(len(passages)), key=lambda i: -len(prepared[i][0]))
+        order = sorted(windows, key=lambda w: -len(prepared[w[0]][0][w[1] : w[1] + size]))
         batches = [order[b : b + self.batch_size] for b in range(0, len(order), self.batch_size)]
         for batch in tqdm(batches, desc="Encoding passages", unit="batch", disable=not progress):
-            width = max(len(prepared[i][0]) for i in batch)
+            rows = [prepared[i][0][start : start + size] for i, start in batch]
+            width = max(len(r) for r in rows)
             ids = torch.zeros((len(batch), width), dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                n = len(prepared[i][0])
-                ids[row, :n] = torch.tensor(prepared[i][0], dtype=torch.long)
-                mask[row, :n] = 1
+            for row, tokens in enumerate(rows):
+                ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                mask[row, : len(tokens)] = 1
             # The backbone alone: keys need no logits, and the LM head over every position is costly.
             hidden = self.lm.model.base_model(
                 input_ids=ids.to(self.lm.device),
@@ -161,18 +167,30 @@ class PassageEncoder:
                 use_cache=False,
             ).hidden_states[-2]  # (B, T, D)
             hidden = hidden.float().cpu()
-            for row, i in enumerate(batch):
-                token_ids, spans, text_offset = prepared[i]
-                first_key = _first_key_position(spans, text_offset)
-                n = len(token_ids)
-                out[i] = EncodedPassage(
+            for row, ((i, start), tokens) in enumerate(zip(batch, rows, strict=True)):
+                keep_from = 0 if start == 0 else size - stride  # positions an earlier window read with less context
+                hidden_of[i].append((start + keep_from, hidden[row, keep_from : len(tokens)]))
+        out = []
+        for i, (token_ids, spans, text_offset) in enumerate(prepared):
+            states = torch.cat([h for _, h in sorted(hidden_of[i], key=lambda w: w[0])])  # (n, D)
+            first_key = _first_key_position(spans, text_offset)
+            n = len(token_ids)
+            out.append(
+                EncodedPassage(
                     token_ids=torch.tensor(token_ids, dtype=torch.long),
                     char_spans=spans,
                     text_offset=text_offset,
                     first_key=first_key,
-                    keys=hidden[row, first_key : max(first_key, n - 1)].clone(),
+                    keys=states[first_key : max(first_key, n - 1)].clone(),
                 )
-        return [o for o in out if o is not None]
+            )
+        return out
+
+
+def _covers(enc: EncodedPassage, p: Passage) -> bool:
+    """Whether an encoding's tokens reach the end of the passage (older versions cut long ones)."""
+    text, _ = encoded_string(p)
+    return len(enc.char_spans) > 0 and int(enc.char_spans[-1, 1]) >= len(text.rstrip())
 
 
 def _first_key_position(spans: np.ndarray, text_offset: int) -> int:

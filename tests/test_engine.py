@@ -360,3 +360,16 @@ def test_a_vanishing_sampling_temperature_draws_the_greedy_token(engine, boulter
             seed=1,
         )
         assert tiny.text == greedy.text
+
+
+@pytest.mark.slow
+def test_facts_past_the_first_512_tokens_of_a_passage_are_copied_and_cited(lm) -> None:
+    # A long node (LlamaIndex's splitter makes ~1,024-token ones) with the answer near its end:
+    # the passage is read in windows, so its last sentences have keys and are copied.
+    bio = "Lars Berg (born 1978) is a Norwegian jazz bassist from Bergen. He recorded six albums with Nordlys."
+    filler = " ".join(["The harbour of the old town is busy in the summer and quiet in the winter."] * 40)
+    passage = Passage(id="p", title="Lars Berg", text=f"{filler} {bio}")
+    assert len(lm.tokenizer(passage.text)["input_ids"]) > 600
+    result = NestEngine(lm).generate("Tell me about Lars Berg.", passages=[passage], max_new_tokens=32)
+    assert_citations_exact(result, [passage])
+    assert any("Norwegian jazz bassist" in c.quote for c in result.citations), result.text

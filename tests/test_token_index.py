@@ -210,3 +210,44 @@ def test_a_chunk_cut_mid_sentence_does_not_start_one(lm) -> None:
     assert int(TokenIndex(PassageEncoder(lm).encode(passages), lm.device).key_starts_text.sum()) == 4
     assert opens_a_sentence("  Boulter") and opens_a_sentence("1990 was") and not opens_a_sentence("")
     assert not opens_a_sentence("which") and not opens_a_sentence("; and") and not opens_a_sentence("\u2019s")
+
+
+def test_a_passage_longer_than_the_window_gets_a_key_for_every_token(lm, boulter_passages) -> None:
+    # Windows of 48 tokens over a ~200-token passage: every token is read (none cut off), each
+    # key equals the second-to-last hidden state of its window, and the first window's keys are
+    # those of the whole passage read at once (the same left context).
+    p = Passage(id="long", title="Robert Boulter", text=" ".join(b.text for b in boulter_passages[:2]))
+    text, _ = encoded_string(p)
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 3 * 48
+    (whole,) = PassageEncoder(lm, max_passage_tokens=4096).encode([p])
+    (windowed,) = PassageEncoder(lm, max_passage_tokens=48).encode([p])
+    assert windowed.token_ids.tolist() == whole.token_ids.tolist() == ids
+    assert windowed.keys.shape == whole.keys.shape == (len(ids) - 1 - whole.first_key, whole.keys.shape[1])
+    tol = 1e-4 if lm.dtype == torch.float32 else 2e-2
+    first = 48 - 1 - whole.first_key  # keys whose position the first window reads
+    torch.testing.assert_close(windowed.keys[:first], whole.keys[:first], atol=tol, rtol=tol)
+    stride = 48 - 24  # a window re-reads min(64, 48 // 2) tokens of the one before it
+    start = 2 * stride  # the third window: its positions past the re-read ones are its keys
+    with torch.inference_mode():
+        window = torch.tensor([ids[start : start + 48]], device=lm.device)
+        hidden = lm.model(input_ids=window, output_hidden_states=True).hidden_states[-2][0].float().cpu()
+    at = start + 24  # the first position the third window gives
+    torch.testing.assert_close(windowed.keys[at - whole.first_key], hidden[24], atol=tol, rtol=tol)
+
+
+def test_a_key_store_entry_cut_short_by_an_older_version_is_read_again(tmp_path, lm, boulter_passages) -> None:
+    # Versions before windowed reading cut passages at 512 tokens; such a stored entry is not used.
+    from dataclasses import replace
+
+    p = Passage(id="long", title="Robert Boulter", text=" ".join(b.text for b in boulter_passages[:2]))
+    (full,) = PassageEncoder(lm, max_passage_tokens=4096).encode([p])
+    n = 60
+    cut = replace(
+        full, token_ids=full.token_ids[:n], char_spans=full.char_spans[:n], keys=full.keys[: n - 1 - full.first_key]
+    )
+    store = KeyStore.open(tmp_path / "keys", model=lm.name, dim=lm.hidden_size, writable=True)
+    store.add([p], [cut])
+    encoder = PassageEncoder(lm, key_store=KeyStore.open(tmp_path / "keys", model=lm.name))
+    (again,) = encoder.encode([p])
+    assert encoder.misses == 1 and again.token_ids.tolist() == full.token_ids.tolist()
