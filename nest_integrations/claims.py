@@ -321,11 +321,15 @@ def _enters_like_its_source(
     claim that follows a name or number in its source follows one the source sentence has.
     "Vitellius used 'Nero' as a surname", copied from "Otho used ...", is not cited; nor is "The
     Big Lebowski is a 2000 play | written by Simon Stephens" from a sentence about "Herons";
-    "Kershaw has played" from "Kershaw, who has played" is."""
+    "Kershaw has played" from "Kershaw, who has played" is. A claim that enters inside a
+    parenthesis of its source sentence is not."""
     source_word = _previous_word(src, s0)
     if source_word is None:
         return True  # the claim starts its source sentence
     start, end = (breaks or SentenceBreaks(src)).sentence_at(s0)
+    entered = src[start:s0]
+    if entered.count("(") > entered.count(")") or entered.count("[") > entered.count("]"):
+        return False  # it enters inside a parenthesis: "The 1961) is a chemist" from "Anna Berg (born 1961) is ..."
     names = key_terms(_sentence_before(out, o0))
     if names:
         sentence = unicodedata.normalize("NFC", f"{title} {src[start:end]}".lower())

@@ -124,6 +124,10 @@ def _index(args: argparse.Namespace) -> int:
     keys = args.keys if args.keys is not None else args.model != "none"
     if keys and args.model == "none":
         raise ValueError("--keys needs a model to encode passages with; drop --model none.")
+    docs = list(read_documents(args.paths))  # a bad file is reported before any model loads
+    if not docs:
+        print("nest index: no .txt, .md or .jsonl documents found in the given paths", file=sys.stderr)
+        return 2
     lm = tokenizer = None
     if keys:
         from .lm import load_lm
@@ -134,18 +138,15 @@ def _index(args: argparse.Namespace) -> int:
         from .lm import load_tokenizer
 
         tokenizer = load_tokenizer(args.model)
-    docs = list(read_documents(args.paths))
-    if not docs:
-        print("nest index: no .txt, .md or .jsonl documents found in the given paths", file=sys.stderr)
-        return 2
-    retriever = build_index(docs, args.out, tokenizer=tokenizer, max_tokens=args.max_tokens, progress=True)
+    progress = not args.quiet
+    retriever = build_index(docs, args.out, tokenizer=tokenizer, max_tokens=args.max_tokens, progress=progress)
     print(f"Indexed {len(docs)} documents into {len(retriever)} passages in {args.out}")
     if lm is not None:
         from .builder import key_store_dir
         from .token_index import KeyStore, PassageEncoder
 
         where = key_store_dir(args.out, lm.name, str(lm.dtype).removeprefix("torch."))
-        store = KeyStore.build(PassageEncoder(lm), retriever.passages, where, progress=True)
+        store = KeyStore.build(PassageEncoder(lm), retriever.passages, where, progress=progress)
         print(f"Stored the token keys of {len(store)} passages in {where}")
     return 0
 
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("paths", nargs="+", type=Path)
     index.add_argument("--out", type=Path, required=True, help="directory to write the index to")
     index.add_argument("--max-tokens", type=int, default=100, help="passage length in LM tokens")
+    index.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     index.add_argument(
         "--model",
         default="default",

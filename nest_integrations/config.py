@@ -140,6 +140,23 @@ class NestConfig(BaseModel):
         ),
     )
 
+    def __init__(self, **data: Any) -> None:
+        """Raises ``ConfigError`` (a ``ValueError``) naming the first invalid field."""
+        from pydantic import ValidationError
+
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise _config_error(e, data) from e
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        from pydantic import ValidationError
+
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as e:  # assignments are validated too
+            raise _config_error(e, {name: value}) from e
+
     @field_validator("stop", mode="before")
     @classmethod
     def _one_stop_string(cls, value: Any) -> Any:
@@ -172,7 +189,11 @@ class NestConfig(BaseModel):
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if isinstance(data, dict) and isinstance(data.get("config"), dict) and "calibration" in data:
             data = data["config"]
-        return cls.model_validate(data)
+        if not isinstance(data, dict):
+            from .errors import ConfigError
+
+            raise ConfigError(f"{path}: a config file holds a JSON object of NestConfig fields")
+        return cls(**data)
 
     def to_file(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(indent=2), encoding="utf-8")
@@ -226,12 +247,22 @@ def with_overrides(config: NestConfig, overrides: dict[str, Any]) -> NestConfig:
     try:
         return NestConfig.model_validate({**config.model_dump(), **overrides})
     except ValidationError as e:
-        first = e.errors()[0]
-        option = str(first["loc"][0]) if first["loc"] else None
-        reason = str(first["msg"]).removeprefix("Value error, ")
-        value = repr(overrides[option]) if option in overrides else None
-        given = f" (got {value:.80})" if value is not None and value not in reason else ""
-        raise ConfigError(f"{option}: {reason}{given}" if option else reason, option=option, reason=reason) from e
+        raise _config_error(e, overrides) from e
+
+
+def _config_error(e: Any, given: dict[str, Any]) -> Exception:
+    """A pydantic ``ValidationError`` of NestConfig as a ``ConfigError`` naming the first invalid field."""
+    from .errors import ConfigError
+
+    first = e.errors()[0]
+    raised = first.get("ctx", {}).get("error")
+    if isinstance(raised, ConfigError):  # from __init__, which model_validate runs too
+        return raised
+    option = str(first["loc"][0]) if first["loc"] else None
+    reason = str(first["msg"]).removeprefix("Value error, ")
+    value = repr(given[option]) if option in given else None
+    shown = f" (got {value:.80})" if value is not None and value not in reason else ""
+    return ConfigError(f"{option}: {reason}{shown}" if option else reason, option=option, reason=reason)
 
 
 def default_config(model_name: str) -> NestConfig:

@@ -73,6 +73,11 @@ class NestEngine:
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise ConfigError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         self.lm = model if isinstance(model, LoadedLM) else load_lm(model, device=device, dtype=dtype)
+        if isinstance(retriever, (str, bytes)):  # iterable, but not a list of passages
+            raise ConfigError(
+                f"retriever must be a PassageRetriever or a list of passages, got a {type(retriever).__name__}; "
+                "for an index directory use HybridRetriever.load(path)"
+            )
         if retriever is not None and not isinstance(retriever, PassageRetriever):
             retriever = StaticRetriever(list(retriever))
         self.retriever = retriever
@@ -167,7 +172,8 @@ class NestEngine:
 
         Raises:
             ConfigError, InvalidPromptError, PromptTooLongError: before anything is decoded.
-            ValueError: ``passages`` or ``queries`` not of length B.
+            InvalidPassagesError, InvalidPromptError: ``passages`` or ``queries`` not of length B
+                (``ValueError`` subclasses).
             Any error of one request's decoding, after the others have finished.
         """
         if isinstance(prompts, str):
@@ -177,10 +183,11 @@ class NestEngine:
         for name, given in (("passages", passages), ("queries", queries)):
             if given is None:
                 continue
+            error = InvalidPassagesError if name == "passages" else InvalidPromptError
             if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
-                raise ValueError(f"{name} must be a list with one entry per prompt, got a {type(given).__name__}")
+                raise error(f"{name} must be a list with one entry per prompt, got a {type(given).__name__}")
             if len(given) != n:
-                raise ValueError(f"{name} has {len(given)} entries for {n} prompts")
+                raise error(f"{name} has {len(given)} entries for {n} prompts (one per prompt: a list of lists)")
         size = batch_size if batch_size is not None else (self.max_batch if self.max_batch > 1 else 8)
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {size!r}")

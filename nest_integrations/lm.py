@@ -144,17 +144,19 @@ def check_device(device: str | None) -> None:
     if kind == "cuda" and _torch_cuda_version() is None:
         raise ConfigError(
             f"Device {device!r}: this torch build has no CUDA support; "
-            "use --device cpu or install a CUDA build of torch."
+            "use device 'cpu' (`--device cpu`) or install a CUDA build of torch."
         )
     if kind == "mps" and sys.platform != "darwin":
-        raise ConfigError(f"Device {device!r}: MPS exists only on macOS; use --device cpu.")
+        raise ConfigError(f"Device {device!r}: MPS exists only on macOS; use device 'cpu' (`--device cpu`).")
     import torch
 
     if kind == "cuda":
         if index >= torch.cuda.device_count():
             raise ConfigError(f"Device {device!r}: {torch.cuda.device_count()} CUDA device(s) visible here.")
     elif not torch.backends.mps.is_available():
-        raise ConfigError(f"Device {device!r}: MPS is not available on this machine; use --device cpu.")
+        raise ConfigError(
+            f"Device {device!r}: MPS is not available on this machine; use device 'cpu' (`--device cpu`)."
+        )
 
 
 def _torch_cuda_version() -> str | None:
@@ -372,6 +374,9 @@ def load_tokenizer(model: str = DEFAULT_MODEL) -> Any:
 def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
     """Accept a plain prompt or chat messages; validate and return messages (copies).
 
+    A message's content is a string or a list of OpenAI text parts (``{"type": "text", "text":
+    ...}``, joined as the server joins them).
+
     A role is one of :data:`CHAT_ROLES`; "developer" becomes "system", "function" becomes
     "tool", "chatbot" and "model" become "assistant" (:data:`ROLE_ALIASES`); any other role
     raises :class:`InvalidPromptError`.
@@ -387,6 +392,15 @@ def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
     if not messages:
         raise InvalidPromptError("The prompt is empty: give a non-empty string or at least one message.")
     for m in messages:
+        parts = m.get("content")
+        if isinstance(parts, Sequence) and not isinstance(parts, str):  # OpenAI content parts, as the server takes
+            if not all(
+                isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts
+            ):
+                raise InvalidPromptError(
+                    f"A message's content parts must all be text ({{'type': 'text', 'text': ...}}), got {parts!r:.200}."
+                )
+            m["content"] = "".join(p["text"] for p in parts)
         if not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
             raise InvalidPromptError(f"Each message needs string 'role' and 'content' fields, got {m!r}.")
         m["role"] = ROLE_ALIASES.get(m["role"], m["role"])

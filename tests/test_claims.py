@@ -404,3 +404,14 @@ def test_the_shortcuts_the_midway_rule_takes_agree_with_the_plain_splits() -> No
         words = set(re.findall(r"\w+", text))
         for word in [*words, "ab", "a", "1", "é"]:
             assert _has_word(text, word) == (word in words), (text, word)
+
+
+def test_a_claim_entering_inside_a_parenthesis_of_its_source_is_not_cited() -> None:
+    from nest_integrations.claims import _enters_like_its_source
+
+    source = "Anna Berg (born 1961) is a Swedish chemist who works on membranes."
+    made_up = "The 1961) is a Swedish chemist who works on membranes."
+    assert not _enters_like_its_source(made_up, made_up.index("1961"), source, source.index("1961"))
+    # After the parenthesis closes, the rule is the usual one.
+    true = "Anna Berg (born 1961) is a Swedish chemist who works on membranes."
+    assert _enters_like_its_source(true, true.index("is a"), source, source.index("is a"))

@@ -78,3 +78,16 @@ def test_per_call_overrides_fail_with_one_line_naming_the_option() -> None:
         assert str(caught.value) == message and "\n" not in str(caught.value)
         assert caught.value.option == next(iter(overrides))
     assert with_overrides(config, {"max_new_tokens": 8, "seed": None, "temperature": 1}).temperature == 1.0
+
+
+def test_an_invalid_config_raises_config_error_naming_the_field() -> None:
+    from nest_integrations import ConfigError
+
+    for kwargs, field in [({"alpha": -1}, "alpha"), ({"bogus": 1}, "bogus"), ({"stop": ""}, "stop")]:
+        with pytest.raises(ConfigError, match=f"^{field}: ") as caught:
+            NestConfig(**kwargs)
+        assert caught.value.option == field and isinstance(caught.value, ValueError)
+    config = NestConfig()
+    with pytest.raises(ConfigError, match=r"^alpha: "):
+        config.alpha = 5  # assignments are validated too
+    assert config.alpha != 5

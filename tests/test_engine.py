@@ -373,3 +373,17 @@ def test_facts_past_the_first_512_tokens_of_a_passage_are_copied_and_cited(lm) -
     result = NestEngine(lm).generate("Tell me about Lars Berg.", passages=[passage], max_new_tokens=32)
     assert_citations_exact(result, [passage])
     assert any("Norwegian jazz bassist" in c.quote for c in result.citations), result.text
+
+
+def test_messages_take_openai_text_parts_and_reject_other_parts() -> None:
+    parts = [{"type": "text", "text": "Tell me about "}, {"type": "text", "text": "Robert Boulter."}]
+    assert normalize_messages([{"role": "user", "content": parts}]) == [
+        {"role": "user", "content": "Tell me about Robert Boulter."}
+    ]
+    with pytest.raises(InvalidPromptError, match="content parts must all be text"):
+        normalize_messages([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+
+
+def test_a_string_is_not_taken_for_a_list_of_passages(lm) -> None:
+    with pytest.raises(ConfigError, match=r"HybridRetriever\.load"):
+        NestEngine(lm, retriever="my-index")

@@ -151,6 +151,10 @@ def test_named_bad_requests(server, model_id) -> None:
     for name, r in cases.items():
         assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
         assert r.json()["error"]["message"], name
+    # The error names the field the client set.
+    assert post(messages=user, max_completion_tokens=10**9).json()["error"]["param"] == "max_completion_tokens"
+    assert post(messages=user, max_tokens=10**9).json()["error"]["param"] == "max_tokens"
+    assert "non-empty" in post(messages=user, stop="").json()["error"]["message"]
     too_big = httpx.post(f"{server}/v1/chat/completions", content=b"x" * 2_000_000)
     assert too_big.status_code == 413
     assert httpx.get(f"{server}/v1/files/etc/passwd").status_code == 404

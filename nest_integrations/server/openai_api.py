@@ -221,14 +221,17 @@ def create_app(
             raise ApiError(400, f"The messages exceed {limits.max_prompt_chars} characters.", param="messages")
         max_tokens = req.max_completion_tokens or req.max_tokens or min(limits.max_tokens, engine.config.max_new_tokens)
         if max_tokens > limits.max_tokens:
-            raise ApiError(400, f"max_tokens must be at most {limits.max_tokens}.", param="max_tokens")
+            field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"  # the one the client set
+            raise ApiError(400, f"{field} must be at most {limits.max_tokens}.", param=field)
         try:
             prompt_ids = engine.prompt_ids(messages)
         except NestError as e:
             raise api_error_for(e) from e
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ApiError(400, "stop takes at most 4 non-empty strings.", param="stop")
+        if len(stops) > 4:
+            raise ApiError(400, f"stop takes at most 4 strings, got {len(stops)}.", param="stop")
+        if any(not s for s in stops):
+            raise ApiError(400, "stop strings must be non-empty.", param="stop")
         try:  # options left out (None) leave the engine's config in charge
             overrides = engine_overrides(
                 temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=stops or None, seed=req.seed
