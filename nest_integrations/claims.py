@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .citations import Citation, Provenance
+from .passages.stopwords import stopwords
 from .passages.types import Passage, ScoredPassage
 from .relevance import key_terms
 from .text_stream import Chars, joined, last_word, word_count
@@ -269,6 +270,7 @@ def _after_last_break(text: str) -> int:
 
 
 _WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*")
+_TERM = re.compile(r"\w+")  # a word as key_terms splits words
 
 
 def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: int) -> tuple[int, int, int, int]:
@@ -316,13 +318,15 @@ def _enters_like_its_source(
     out: Chars, o0: int, src: str, s0: int, title: str = "", breaks: SentenceBreaks | None = None
 ) -> bool:
     """A claim that enters its source sentence midway says what that sentence says of what the
-    output's sentence names before it: the output names (capitalised words past a sentence's
-    first, and numbers) before the claim are all in the source sentence or the title, and a
+    output's sentence names before it: the output names (capitalised words, the sentence's
+    first too unless a stopword, and numbers) before the claim are all in the source sentence
+    or the title, and a
     claim that follows a name or number in its source follows one the source sentence has.
     "Vitellius used 'Nero' as a surname", copied from "Otho used ...", is not cited; nor is "The
     Big Lebowski is a 2000 play | written by Simon Stephens" from a sentence about "Herons";
-    "Kershaw has played" from "Kershaw, who has played" is. A claim that enters inside a
-    parenthesis of its source sentence is not."""
+    "Kershaw has played" from "Kershaw, who has played" is; nor "Tallahasaba, the | economic
+    centre of Israel." from "It is the economic centre of Israel." A claim that enters inside a
+    parenthesis of its source sentence is not cited either."""
     source_word = _previous_word(src, s0)
     if source_word is None:
         return True  # the claim starts its source sentence
@@ -330,7 +334,11 @@ def _enters_like_its_source(
     entered = src[start:s0]
     if entered.count("(") > entered.count(")") or entered.count("[") > entered.count("]"):
         return False  # it enters inside a parenthesis: "The 1961) is a chemist" from "Anna Berg (born 1961) is ..."
-    names = key_terms(_sentence_before(out, o0))
+    before = _sentence_before(out, o0)
+    names = key_terms(before)
+    opener = _opening_name(before)
+    if opener is not None:
+        names.add(opener)
     if names:
         sentence = unicodedata.normalize("NFC", f"{title} {src[start:end]}".lower())
         if not all(_has_word(sentence, name) for name in names):
@@ -341,6 +349,15 @@ def _enters_like_its_source(
     if word is None:
         return False
     return word.lower() in {w.lower() for w in _WORD_RE.findall(src[start:s0])}
+
+
+def _opening_name(sentence: str) -> str | None:
+    """The sentence's first word, lowercased, when it is capitalised and not a stopword (a
+    possible name: ``key_terms`` leaves a sentence's first word out), else None."""
+    first = _TERM.search(unicodedata.normalize("NFC", sentence))
+    if first is None or not first.group()[0].isupper() or first.group().lower() in stopwords():
+        return None
+    return first.group().lower()
 
 
 def _has_word(text: str, word: str) -> bool:

@@ -415,3 +415,23 @@ def test_a_claim_entering_inside_a_parenthesis_of_its_source_is_not_cited() -> N
     # After the parenthesis closes, the rule is the usual one.
     true = "Anna Berg (born 1961) is a Swedish chemist who works on membranes."
     assert _enters_like_its_source(true, true.index("is a"), source, source.index("is a"))
+
+
+def test_a_claim_entering_midway_is_not_cited_after_an_opening_name_its_source_sentence_lacks() -> None:
+    # Break test: "Tallahasaba, the economic centre of Israel." cited "It is the economic centre of Israel."
+    from nest_integrations.claims import _enters_like_its_source
+
+    source = "Tel Aviv (תל אביב) was founded in 1909 on the outskirts of Jaffa. It is the economic centre of Israel."
+    at = source.index("economic")
+    made_up = "Tallahasaba, the economic centre of Israel."
+    assert not _enters_like_its_source(made_up, made_up.index("economic"), source, at, "תל אביב")
+    # An opening name counts as the other names do: it must be in the source sentence or the title.
+    other = "Jaffa, the economic centre of Israel."  # in the passage, but not what the sentence is about
+    assert not _enters_like_its_source(other, other.index("economic"), source, at, "תל אביב")
+    for true, title in [
+        ("It is the economic centre of Israel.", "תל אביב"),
+        ("Tel Aviv, the economic centre", "Tel Aviv"),
+    ]:
+        assert _enters_like_its_source(true, true.index("economic"), source, at, title), true
+    city = "The city, the economic centre"  # "The": a stopword, not a name
+    assert _enters_like_its_source(city, city.index("economic"), source, at, "תל אביב")
