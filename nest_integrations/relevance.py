@@ -109,11 +109,18 @@ def source_coverage(query: str, passages: Sequence[Passage]) -> float | None:
     wanted = key_terms(query)
     if not wanted:
         return None
+    found = _key_terms_by_source(wanted, passages)
+    return max((len(w) / len(wanted) for w in found.values()), default=0.0)
+
+
+def _key_terms_by_source(wanted: set[str], passages: Sequence[Passage]) -> dict[str, set[str]]:
+    """Source (as :func:`per_source` groups passages) -> which of the ``wanted`` key terms its
+    passages' titles and texts contain."""
     found: dict[str, set[str]] = {}
     for i, p in enumerate(passages):
         words = found.setdefault(_source(i, p), set())
         words.update(w for w in _words(f"{p.title} {p.text}".lower()) if w in wanted)
-    return max((len(w) / len(wanted) for w in found.values()), default=0.0)
+    return found
 
 
 def per_source(relevance: torch.Tensor, passages: Sequence[Passage]) -> torch.Tensor:
@@ -159,8 +166,5 @@ def _names_everything(query: str, passages: Sequence[Passage]) -> torch.Tensor:
     wanted = key_terms(query)
     if not wanted:
         return torch.zeros(len(passages), dtype=torch.bool)
-    sources = [_source(i, p) for i, p in enumerate(passages)]
-    found: dict[str, set[str]] = {}
-    for source, p in zip(sources, passages, strict=True):
-        found.setdefault(source, set()).update(w for w in _words(f"{p.title} {p.text}".lower()) if w in wanted)
-    return torch.tensor([found[s] >= wanted for s in sources], dtype=torch.bool)
+    found = _key_terms_by_source(wanted, passages)
+    return torch.tensor([found[_source(i, p)] >= wanted for i, p in enumerate(passages)], dtype=torch.bool)
