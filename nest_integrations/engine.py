@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,9 +42,10 @@ class NestEngine:
             or an already loaded :class:`LoadedLM`.
         retriever: the first stage: a :class:`PassageRetriever`, a list of passages
             (always used as they are), or None (no retrieval unless passages are given per call).
-        config: NEST hyperparameters; per-call overrides are keyword arguments of ``generate``.
-            None: the calibrated config shipped for the model if there is one (the embedded
-            model has one), else the paper's defaults (see :func:`default_config`).
+        config: NEST hyperparameters, a ``NestConfig`` or a dict of its fields (``ConfigError``
+            when invalid, before the model loads); per-call overrides are keyword arguments of
+            ``generate``. None: the calibrated config shipped for the model if there is one (the
+            embedded model has one), else the paper's defaults (see :func:`default_config`).
         key_store: a directory of precomputed passage keys (see ``KeyStore.build``), or an open ``KeyStore``.
         max_batch: how many requests decode together. 1 (default): one at a time, in the calling
             thread. Above 1: ``stream``/``generate`` calls from many threads (a server, an agent
@@ -62,7 +63,7 @@ class NestEngine:
         self,
         model: str | LoadedLM = DEFAULT_MODEL,
         retriever: PassageRetriever | Sequence[Passage] | None = None,
-        config: NestConfig | None = None,
+        config: NestConfig | Mapping[str, Any] | None = None,
         *,
         device: str | None = None,
         dtype: str | None = None,
@@ -72,16 +73,21 @@ class NestEngine:
     ) -> None:
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise ConfigError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-        self.lm = model if isinstance(model, LoadedLM) else load_lm(model, device=device, dtype=dtype)
+        # Arguments are checked before the model loads (seconds).
         if isinstance(retriever, (str, bytes)):  # iterable, but not a list of passages
             raise ConfigError(
                 f"retriever must be a PassageRetriever or a list of passages, got a {type(retriever).__name__}; "
                 "for an index directory use HybridRetriever.load(path)"
             )
+        if isinstance(config, Mapping):
+            config = NestConfig(**config)  # ConfigError naming the field when a value is invalid
+        elif config is not None and not isinstance(config, NestConfig):
+            raise ConfigError(f"config must be a NestConfig (or a dict of its fields), got a {type(config).__name__}")
+        self.lm = model if isinstance(model, LoadedLM) else load_lm(model, device=device, dtype=dtype)
         if retriever is not None and not isinstance(retriever, PassageRetriever):
             retriever = StaticRetriever(list(retriever))
         self.retriever = retriever
-        self.config = config or default_config(self.lm.name)
+        self.config = config if config is not None else default_config(self.lm.name)
         store = KeyStore.for_model(key_store, self.lm.name) if key_store is not None else None
         self.encoder = PassageEncoder(self.lm, max_cache_bytes=max_cache_bytes, key_store=store)
         # One user of the model at a time (a request, or a batch step). Re-entrant: a thread that

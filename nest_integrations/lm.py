@@ -375,7 +375,7 @@ def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
     """Accept a plain prompt or chat messages; validate and return messages (copies).
 
     A message's content is a string or a list of OpenAI text parts (``{"type": "text", "text":
-    ...}``, joined as the server joins them).
+    ...}``, joined by newlines, as the server and vLLM join them).
 
     A role is one of :data:`CHAT_ROLES`; "developer" becomes "system", "function" becomes
     "tool", "chatbot" and "model" become "assistant" (:data:`ROLE_ALIASES`); any other role
@@ -400,7 +400,7 @@ def normalize_messages(prompt: str | Sequence[Message]) -> list[Message]:
                 raise InvalidPromptError(
                     f"A message's content parts must all be text ({{'type': 'text', 'text': ...}}), got {parts!r:.200}."
                 )
-            m["content"] = "".join(p["text"] for p in parts)
+            m["content"] = "\n".join(p["text"] for p in parts)  # as vLLM joins text parts
         if not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
             raise InvalidPromptError(f"Each message needs string 'role' and 'content' fields, got {m!r}.")
         m["role"] = ROLE_ALIASES.get(m["role"], m["role"])

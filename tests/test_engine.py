@@ -376,9 +376,9 @@ def test_facts_past_the_first_512_tokens_of_a_passage_are_copied_and_cited(lm) -
 
 
 def test_messages_take_openai_text_parts_and_reject_other_parts() -> None:
-    parts = [{"type": "text", "text": "Tell me about "}, {"type": "text", "text": "Robert Boulter."}]
+    parts = [{"type": "text", "text": "Tell me about"}, {"type": "text", "text": "Robert Boulter."}]
     assert normalize_messages([{"role": "user", "content": parts}]) == [
-        {"role": "user", "content": "Tell me about Robert Boulter."}
+        {"role": "user", "content": "Tell me about\nRobert Boulter."}  # joined by a newline, as vLLM does
     ]
     with pytest.raises(InvalidPromptError, match="content parts must all be text"):
         normalize_messages([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
@@ -387,3 +387,18 @@ def test_messages_take_openai_text_parts_and_reject_other_parts() -> None:
 def test_a_string_is_not_taken_for_a_list_of_passages(lm) -> None:
     with pytest.raises(ConfigError, match=r"HybridRetriever\.load"):
         NestEngine(lm, retriever="my-index")
+
+
+def test_the_engine_checks_its_config_before_loading_the_model() -> None:
+    # A model id that does not exist: the config errors come first, without trying to load it.
+    with pytest.raises(ConfigError, match=r"^alpha: "):
+        NestEngine("no/such-model", config={"alpha": -1})
+    with pytest.raises(ConfigError, match="config must be a NestConfig"):
+        NestEngine("no/such-model", config=[("alpha", 0.1)])
+    with pytest.raises(ConfigError, match="retriever must be"):
+        NestEngine("no/such-model", retriever="my-index")
+
+
+def test_a_config_dict_and_an_empty_config_are_taken_as_given(lm) -> None:
+    assert NestEngine(lm, config={"alpha": 0.1}).config.alpha == 0.1
+    assert NestEngine(lm, config=NestConfig()).config == NestConfig()  # not the calibrated default
