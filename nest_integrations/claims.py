@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .citations import Citation, Provenance
-from .passages.stopwords import stopwords
 from .passages.types import Passage, ScoredPassage
 from .relevance import key_terms
 from .text_stream import Chars, joined, last_word, word_count
@@ -270,7 +269,6 @@ def _after_last_break(text: str) -> int:
 
 
 _WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*")
-_TERM = re.compile(r"\w+")  # a word as key_terms splits words
 
 
 def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: int) -> tuple[int, int, int, int]:
@@ -334,11 +332,7 @@ def _enters_like_its_source(
     entered = src[start:s0]
     if entered.count("(") > entered.count(")") or entered.count("[") > entered.count("]"):
         return False  # it enters inside a parenthesis: "The 1961) is a chemist" from "Anna Berg (born 1961) is ..."
-    before = _sentence_before(out, o0)
-    names = key_terms(before)
-    opener = _opening_name(before)
-    if opener is not None:
-        names.add(opener)
+    names = key_terms(_sentence_before(out, o0), first_words=True)  # "Tallahasaba, the | economic ..."
     if names:
         sentence = unicodedata.normalize("NFC", f"{title} {src[start:end]}".lower())
         if not all(_has_word(sentence, name) for name in names):
@@ -349,15 +343,6 @@ def _enters_like_its_source(
     if word is None:
         return False
     return word.lower() in {w.lower() for w in _WORD_RE.findall(src[start:s0])}
-
-
-def _opening_name(sentence: str) -> str | None:
-    """The sentence's first word, lowercased, when it is capitalised and not a stopword (a
-    possible name: ``key_terms`` leaves a sentence's first word out), else None."""
-    first = _TERM.search(unicodedata.normalize("NFC", sentence))
-    if first is None or not first.group()[0].isupper() or first.group().lower() in stopwords():
-        return None
-    return first.group().lower()
 
 
 def _has_word(text: str, word: str) -> bool:

@@ -82,11 +82,12 @@ def _source(position: int, passage: Passage) -> str:
 _ASCII_DIGIT = re.compile("[0-9]")  # in ASCII text, where ``str.isdigit`` holds
 
 
-def key_terms(query: str) -> set[str]:
+def key_terms(query: str, *, first_words: bool = False) -> set[str]:
     """The query's names and numbers, lowercased: capitalised words that do not open a sentence, and words with a digit.
 
     A sentence's first word is capitalised whatever it is ("Tell", "Which"), so it is not
-    taken as a name. Stopwords never count ("I", "You"). Empty for an all-lowercase query.
+    taken as a name unless ``first_words`` (then it counts when capitalised, as any other word).
+    Stopwords never count ("I", "You"). Empty for an all-lowercase query.
     """
     terms: set[str] = set()
     query = query.strip()
@@ -94,7 +95,7 @@ def key_terms(query: str) -> set[str]:
     for sentence in [query] if one_sentence else _SENTENCE_END.split(query):
         words = _words(sentence)
         # Set comprehensions, and the per-word digit test only where a digit may be: this runs once per claim.
-        terms |= {w.lower() for w in words[1:] if w[0].isupper()}
+        terms |= {w.lower() for w in words[0 if first_words else 1 :] if w[0].isupper()}
         if not sentence.isascii() or _ASCII_DIGIT.search(sentence):
             terms |= {w.lower() for w in words if not w.isalpha() and any(map(str.isdigit, w))}
     return terms - stopwords()
