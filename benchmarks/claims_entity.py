@@ -28,6 +28,7 @@ COLUMNS = [
     ("system", "system"),
     ("prompts", "n"),
     ("spliced_rate", "spliced"),
+    ("spliced_copy_rate", "spliced uncited too"),
     ("fragment_citation_rate", "fragment cit."),
     ("verbatim_share", "verbatim"),
     ("citation_precision", "cit. precision"),

@@ -76,8 +76,8 @@ class NestResult(BaseModel):
     words (adjacent copies contiguous in the source merged); one that enters its source
     sentence midway is cited only when every name and number the output's sentence gives
     before it is in that source sentence (or the passage title). Other copies are
-    ``fragments`` (under two words, or entering a source sentence after a different subject
-    or other names): counted in
+    ``fragments`` (under two words, entering a source sentence after a different subject
+    or other names, or in a sentence spliced from copies of two places): counted in
     ``stats.attribution_ratio``, never listed as sources.
     ``finish_reason`` is ``"abstain"`` when grounded-only mode found no source for the query.
     """
@@ -85,7 +85,8 @@ class NestResult(BaseModel):
     text: str
     citations: list[Citation] = Field(default_factory=list)
     fragments: list[Citation] = Field(
-        default_factory=list, description="Copies not listed as sources: under two words, or an odd entry point."
+        default_factory=list,
+        description="Copies not listed as sources: under two words, an odd entry point, or a spliced sentence.",
     )
     stats: NestStats = Field(default_factory=NestStats)
     finish_reason: FinishReason = "length"

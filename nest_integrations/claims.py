@@ -4,13 +4,19 @@ A run grows while the output stays a verbatim slice of one passage: consecutive 
 and generated text between two copies when it equals the source text between them. A closed
 run is snapped to word boundaries (a quote never starts or ends inside a word or a grapheme
 cluster the output does not reproduce) and becomes a ``Citation`` when it holds two or more
-words, else a fragment (kept for attribution, never listed as a source). Work per token is
-O(1) amortised, so streaming stays linear. Decoding is not done here.
+words, else a fragment (kept for attribution, never listed as a source).
+
+No cited sentence is spliced: a closed claim is settled when the output sentences it overlaps
+have ended, and where one sentence holds substantive copies (two or more words) from two
+places that do not continue each other, its part of every copy is withheld as a fragment
+("Boulter starred in the play Herons | directed by Paris Leonti." cites nothing). Work per
+token is O(1) amortised, so streaming stays linear. Decoding is not done here.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import re
 import unicodedata
@@ -40,6 +46,17 @@ class _Run:
     last_position: int
     confidences: list[float] = field(default_factory=list)
     gap_checked: int = 0  # output chars after out_end already found equal to the source
+
+
+@dataclass
+class _Unsettled:
+    """A closed copy whose sentences may not have ended yet, and the output ranges of its
+    spliced sentences (withheld from the citation when it settles)."""
+
+    copy: Citation
+    listed: bool  # a citation if no sentence of it is spliced, else (an odd entry point) a fragment
+    substantive: bool  # two or more words: counts towards a splice
+    withheld: list[tuple[int, int]] = field(default_factory=list)
 
 
 def snap(
@@ -97,6 +114,9 @@ class ClaimTracker:
         self.citations: list[Citation] = []  # final, in output order
         self.fragments: list[Citation] = []
         self._open: _Run | None = None
+        self._unsettled: list[_Unsettled] = []  # closed copies, in output order, not yet final
+        self._settled_end = 0  # output chars up to here belong to settled sentences
+        self._no_break_before = 0  # no sentence break starts in the output before here (searched)
         self._spans: dict[int, tuple[list[int], list[int]]] = {}
         self._breaks: dict[int, SentenceBreaks] = {}  # per passage cited from
 
@@ -166,8 +186,8 @@ class ClaimTracker:
         return None if self._open is None else self._open.out_start
 
     def finish(self, text: Chars) -> None:
-        """The output is complete: close the open run. ``text`` may be shorter than what was
-        added (a stop string cut it): claims reaching past its end are cut at a word boundary."""
+        """The output is complete: close the open run and settle every claim. ``text`` may be shorter
+        than what was added (a stop string cut it): claims reaching past its end are cut at a word boundary."""
         if self._open is not None:
             self._close(text)
         citations, fragments = self.citations, self.fragments
@@ -175,14 +195,94 @@ class ClaimTracker:
         for c in citations:
             short = c if c.output_end <= len(text) else _cut(text, c) if c.output_start < len(text) else None
             if short is not None:
-                self._file(short)
+                (self.citations if _is_claim(short) else self.fragments).append(short)
         for c in fragments:  # fragments stay fragments (short, or entering their source oddly)
             short = c if c.output_end <= len(text) else _cut(text, c) if c.output_start < len(text) else None
             if short is not None:
                 self.fragments.append(short)
+        unsettled, self._unsettled = self._unsettled, []
+        for u in unsettled:
+            c = u.copy
+            short = c if c.output_end <= len(text) else _cut(text, c) if c.output_start < len(text) else None
+            if short is not None:
+                self._unsettled.append(_Unsettled(short, u.listed, _is_claim(short), u.withheld))
+        self.settle(text, len(text), final=True)
 
-    def _file(self, cit: Citation) -> None:
-        (self.citations if word_count(cit.quote, MIN_CLAIM_WORDS) >= MIN_CLAIM_WORDS else self.fragments).append(cit)
+    def settle(self, text: Chars, upto: int, *, final: bool = False) -> None:
+        """Make final the claims whose output sentences have all ended by char ``upto`` (all of
+        them when ``final``): a sentence holding substantive copies from places that do not
+        continue each other keeps none of them cited. Only text after the last settled sentence
+        is searched, so settling a whole answer costs O(its length)."""
+        pending = self._unsettled
+        open_start = None if self._open is None else self._open.out_start
+        while pending:
+            begin = max(pending[0].copy.output_start, self._settled_end)
+            end = self._sentence_end(text, begin, upto)
+            if end is None:
+                if not final:
+                    return
+                end = max(len(text), pending[-1].copy.output_end)
+            elif not final and open_start is not None and open_start < end:
+                return  # a copy still growing shares this sentence
+            inside = [u for u in pending if u.copy.output_start < end]
+            copies = [u for u in inside if u.substantive]
+            if len(copies) > 1 and not all(
+                self._continues(text, a.copy, b.copy) for a, b in itertools.pairwise(copies)
+            ):
+                for u in inside:
+                    u.withheld.append((begin, end))
+            while pending and pending[0].copy.output_end <= end:
+                self._release(pending.pop(0))
+            self._settled_end = self._no_break_before = end
+
+    def _continues(self, text: Chars, before: Citation, after: Citation) -> bool:
+        """Whether ``after`` continues ``before``'s passage exactly as the output does (the output
+        between them is the passage text between them)."""
+        gap = after.output_start - before.output_end
+        if after.passage_id != before.passage_id or gap < 0 or after.passage_start - before.passage_end != gap:
+            return False
+        source = next(s.passage.text for s in self.passages if s.passage.id == before.passage_id)
+        return text[before.output_end : after.output_start] == source[before.passage_end : after.passage_start]
+
+    def _sentence_end(self, text: Chars, begin: int, upto: int) -> int | None:
+        """End of the output sentence holding char ``begin`` (after its ``.``/``!``/``?`` or newline),
+        if it ended before ``upto``: a ``.`` counts once the whitespace after it is there."""
+        start = max(begin, self._no_break_before)
+        # A str (the finished answer) is searched in place; a growing text's new part is sliced.
+        found = _SENTENCE_BREAK.search(text, start, upto) if isinstance(text, str) else None
+        if found is not None:
+            return found.end()
+        if not isinstance(text, str) and (found := _SENTENCE_BREAK.search(text[start:upto])) is not None:
+            return start + found.end()
+        self._no_break_before = max(start, upto - 1)  # the last char may yet be a break
+        return None
+
+    def _release(self, u: _Unsettled) -> None:
+        """File a settled copy: its part outside spliced sentences is a citation (if listed and of
+        two or more words), the rest fragments."""
+        c = u.copy
+        keep_start, keep_end = c.output_start, c.output_end
+        for a, b in u.withheld:  # spliced sentences lie at its ends: the middle ones hold it alone
+            if a <= keep_start < b:
+                keep_start = min(b, keep_end)
+            elif a < keep_end <= b:
+                keep_end = max(a, keep_start)
+        if (keep_start, keep_end) == (c.output_start, c.output_end):
+            (self.citations if u.listed and u.substantive else self.fragments).append(c)
+            return
+        pieces = [
+            (c.output_start, keep_start, False),
+            (keep_start, keep_end, u.listed),
+            (keep_end, c.output_end, False),
+        ]
+        for o0, o1, listed in pieces:
+            piece = _slice(c, o0, o1)
+            if piece is not None:
+                (self.citations if listed and _is_claim(piece) else self.fragments).append(piece)
+
+    def _file(self, cit: Citation, listed: bool = True) -> None:
+        substantive = _is_claim(cit)
+        self._unsettled.append(_Unsettled(cit, listed and substantive, substantive))
 
     def _close(self, text: Chars, hi: int | None = None) -> None:
         run, self._open = self._open, None
@@ -215,7 +315,7 @@ class ClaimTracker:
             # Its first sentence misstates the subject; the sentences after it start as in the source.
             first_break = _SENTENCE_BREAK.search(text[o0:o1])
             cut = o0 + first_break.end() if first_break else o1
-            self.fragments.append(self._citation(text, run, o0, cut, s0, s0 + (cut - o0)))
+            self._file(self._citation(text, run, o0, cut, s0, s0 + (cut - o0)), listed=False)
             rest = text[cut:o1]
             cut += len(rest) - len(rest.lstrip())
             if word_count(text[cut:o1], MIN_CLAIM_WORDS) < MIN_CLAIM_WORDS:
@@ -365,6 +465,30 @@ def _sentence_before(text: Chars, end: int) -> str:
     """The output's sentence up to char ``end`` (at most 300 chars of it)."""
     before = text[max(0, end - 300) : end]
     return before[_after_last_break(before) :]
+
+
+def _is_claim(c: Citation) -> bool:
+    return word_count(c.quote, MIN_CLAIM_WORDS) >= MIN_CLAIM_WORDS
+
+
+def _slice(c: Citation, o0: int, o1: int) -> Citation | None:
+    """The part of ``c`` at output chars ``[o0, o1)`` without surrounding whitespace (None if empty)."""
+    quote = c.quote[o0 - c.output_start : o1 - c.output_start]
+    o0, o1 = o0 + len(quote) - len(quote.lstrip()), o1 - (len(quote) - len(quote.rstrip()))
+    if o1 <= o0:
+        return None
+    shift, length = o0 - c.output_start, o1 - o0
+    return c.model_copy(
+        update={
+            "output_start": o0,
+            "output_end": o1,
+            "quote": c.quote[shift : shift + length],
+            "passage_start": c.passage_start + shift,
+            "passage_end": c.passage_start + shift + length,
+            "document_start": c.document_start + shift if c.document_start is not None else None,
+            "document_end": c.document_start + shift + length if c.document_start is not None else None,
+        }
+    )
 
 
 def _cut(text: Chars, c: Citation) -> Citation | None:

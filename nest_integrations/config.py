@@ -2,8 +2,9 @@
 
 The paper's knobs default to the official demo's values (NEST, Li et al. 2024, and the demo
 of its official code). The guards this project adds against wrong-source copying (passage
-relevance, context guard) and against spliced claims (sentence lock) are on by default;
-``NestConfig.paper()`` switches them off (figures in benchmarks/RESULTS.md). An engine given
+relevance, context guard) are on by default, the optional sentence lock off (spliced
+sentences are never cited in any case); ``NestConfig.paper()`` switches them off (figures
+in benchmarks/RESULTS.md). An engine given
 no config uses the calibrated one shipped for its model, if any (:func:`default_config`).
 This module holds configuration only; the math lives in ``mixture.py`` and ``speculative.py``.
 """
@@ -112,12 +113,12 @@ class NestConfig(BaseModel):
     )
     mask_copied: bool = Field(True, description="Mask copied positions so text is not copied twice.")
     sentence_lock: bool = Field(
-        True,
+        False,
         description=(
-            "The splice rule: once a sentence has copied two or more words from a source position, the rest of "
-            "it may only continue that source run (its next token holds all k-NN mass and is proposed as the "
-            "span); if the LM leaves the run, the LM alone finishes the sentence, uncited. Stops cited sentences "
-            "from being spliced together from several places."
+            "Also keep the decoder from splicing: once a sentence has copied two or more words from a source "
+            "position, the rest of it may only continue that source run; if the LM leaves the run, the LM alone "
+            "finishes the sentence. Off by default: a spliced sentence is never cited either way (its copies "
+            "become fragments), and without the lock decoding copies about twice as many tokens a forward."
         ),
     )
     # Decoding.

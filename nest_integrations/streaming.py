@@ -96,6 +96,8 @@ class AnswerAssembler:
         add, provenance, starts, ends = self.claims.add, self.provenance, self.detok.starts, self.detok.ends
         for i in range(self._claimed, upto):
             add(text, provenance[i], starts[i], ends[i])
+        if upto > self._claimed:
+            self.claims.settle(text, ends[upto - 1])
         self._claimed = max(self._claimed, upto)
 
     def _final_citations(self, limit: int) -> list[Citation]:

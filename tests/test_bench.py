@@ -59,7 +59,7 @@ def test_harness_smoke_run_on_two_prompts(tmp_path, engine) -> None:
         for k in ("spliced_rate", "fragment_citation_rate", "verbatim_share"):
             assert r[k] is None or 0.0 <= r[k] <= 1.0, (r["system"], k, r[k])
     assert "| e: NEST warm cache |" in (tmp_path / "results.md").read_text()
-    assert "| spliced | fragment cit. | verbatim |" in (tmp_path / "results.md").read_text()
+    assert "| spliced | spliced uncited too | fragment cit. | verbatim |" in (tmp_path / "results.md").read_text()
 
 
 def test_sentence_start_and_mid_sentence_openings() -> None:

@@ -67,6 +67,7 @@ def test_the_boulter_splice_is_spliced_and_its_one_word_copies_are_fragments() -
     assert (c.citations, c.fragment_citations, c.supported_chars) == (3, 1, 0)
     assert claim_rates([c]) == {
         "spliced_rate": 1.0,
+        "spliced_copy_rate": 1.0,
         "fragment_citation_rate": pytest.approx(1 / 3),
         "verbatim_share": 0.0,
     }
@@ -127,5 +128,18 @@ def test_a_copy_across_two_sentences_supports_both_and_rates_ignore_empty_denomi
     c = claim_counts(result(text, [cite(text, text, P2)]))
     assert (c.sentences, c.cited_sentences, c.spliced_sentences, c.supported_chars) == (2, 2, 0, len(text) - 1)
     none = claim_counts(result("Nothing copied here.", []))
-    assert claim_rates([none]) == {"spliced_rate": None, "fragment_citation_rate": None, "verbatim_share": 0.0}
-    assert claim_rates([]) == {"spliced_rate": None, "fragment_citation_rate": None, "verbatim_share": None}
+    assert claim_rates([none]) == {
+        "spliced_rate": None,
+        "spliced_copy_rate": None,
+        "fragment_citation_rate": None,
+        "verbatim_share": 0.0,
+    }
+    assert claim_rates([]) == dict.fromkeys(claim_rates([none]))
+
+
+def test_a_spliced_sentence_without_a_listed_citation_is_not_cited_but_still_counts_as_spliced_copies() -> None:
+    text = "Boulter starred in the play Herons directed by Paris Leonti."
+    copies = [cite(text, "Boulter starred in the play Herons", P1), cite(text, "by Paris Leonti", P2)]
+    c = claim_counts(result(text, [], fragments=copies))
+    assert (c.cited_sentences, c.spliced_sentences, c.copied_sentences, c.spliced_copy_sentences) == (0, 0, 1, 1)
+    assert claim_rates([c])["spliced_rate"] is None and claim_rates([c])["spliced_copy_rate"] == 1.0

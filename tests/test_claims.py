@@ -69,6 +69,11 @@ PIECES = [
 ]
 
 
+def _words(start: int, stop: int) -> list[tuple[str, int | None]]:
+    """SOURCE's tokens ``start:stop``, copied."""
+    return [(PIECES[i], i) for i in range(start, stop)]
+
+
 def test_contiguous_copies_with_a_matching_generated_gap_merge_into_one_claim() -> None:
     text, tracker = _track(
         SOURCE,
@@ -91,11 +96,40 @@ def test_contiguous_copies_with_a_matching_generated_gap_merge_into_one_claim() 
     assert tracker.fragments == []
 
 
-def test_copies_from_non_adjacent_places_are_separate_claims() -> None:
+def test_copies_from_non_adjacent_places_are_separate_claims_in_separate_sentences() -> None:
     _, tracker = _track(
-        SOURCE, PIECES, [("Her", 0), ("ons", 1), (" was", 2), (" performed", 10), (" in", 11), (" 2001", 12)]
+        SOURCE,
+        PIECES,
+        [*_words(0, 4), (".", None), (" It was", None), *_words(10, 13)],
     )
-    assert [c.quote for c in tracker.citations] == ["Herons was", "performed in 2001"]
+    assert [c.quote for c in tracker.citations] == ["Herons was written", "performed in 2001"]
+
+
+def test_a_sentence_spliced_from_two_places_cites_neither() -> None:
+    """Issue 13's Boulter case: each quote exact, the sentence false. Both copies are kept as
+    fragments (attribution counts them), neither is listed; the next sentence is cited again."""
+    text, tracker = _track(
+        SOURCE,
+        PIECES,
+        [*_words(0, 3), *_words(10, 14), (" Herons", None), *_words(2, 5)],
+    )
+    assert text == "Herons was performed in 2001. Herons was written by"
+    assert [c.quote for c in tracker.fragments] == ["Herons was", "performed in 2001."]
+    assert [c.quote for c in tracker.citations] == ["was written by"]  # generated text is never quoted
+    for c in tracker.citations + tracker.fragments:
+        assert text[c.output_start : c.output_end] == SOURCE[c.passage_start : c.passage_end] == c.quote
+
+
+def test_a_claim_over_two_sentences_keeps_the_sentence_that_is_not_spliced() -> None:
+    source = "Anna Berg was a painter. She studied in Paris. Lars Berg was a chemist."
+    pieces = re.findall(r"\s*\S+", source)
+    words = [(w, i) for i, w in enumerate(pieces)]
+    # "Anna Berg was a painter. She studied" copied, then "was a chemist." from Lars's sentence.
+    output = words[:7] + words[11:15]
+    text, tracker = _track(source, pieces, output)
+    assert text == "Anna Berg was a painter. She studied was a chemist."
+    assert [c.quote for c in tracker.citations] == ["Anna Berg was a painter."]
+    assert [c.quote for c in tracker.fragments] == ["She studied", "was a chemist."]
 
 
 def test_one_word_copy_is_a_fragment_not_a_citation() -> None:

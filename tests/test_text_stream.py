@@ -116,10 +116,11 @@ def test_generate_builds_at_the_end_the_citations_streaming_builds_as_it_goes(to
     passage = Passage(id="p0", text=source, document_id="doc", start=0, end=len(source))
     encoded = _encoded(tokenizer, passage)
     ids = encoded.token_ids.tolist()[:600]
-    the = tokenizer.convert_tokens_to_ids("Ġthe")
-    # Copied runs of 20 tokens with 6 generated tokens between them (not the source's).
+    the, stop = tokenizer.convert_tokens_to_ids("Ġthe"), tokenizer.convert_tokens_to_ids(".")
+    # Copied runs of 20 tokens with 6 generated tokens between them (not the source's): "." and
+    # five "the", so that no sentence holds two runs (that would be spliced: cited by neither side).
     provenance = [Provenance(0, i, 0.9) if i % 26 < 20 else None for i in range(len(ids))]
-    ids = [t if i % 26 < 20 else the for i, t in enumerate(ids)]
+    ids = [t if i % 26 < 20 else stop if i % 26 == 20 else the for i, t in enumerate(ids)]
     results, scored = [], [ScoredPassage(passage=passage)]
     for stream in (True, False):
         answer = AnswerAssembler(tokenizer, set(), ["\n\n\n"], scored, [encoded], stream=stream)

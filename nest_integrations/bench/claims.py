@@ -9,12 +9,16 @@ Pure functions, no model. Definitions (used by ``nest bench``):
 - *sentences* of the output: split after ``.``, ``!`` or ``?`` followed by whitespace or the
   end of the text, and at every newline (so "St. Louis" splits: sentences come out short,
   which can only hide a splice across the split, never invent one); blank pieces are dropped;
-- a sentence is *cited* when a substantive copy overlaps it; a cited sentence is
-  *verbatim-supported* when the substantive copies overlapping it, in output order, form one
+- a sentence is *copied* when a substantive copy overlaps it, and *cited* when a substantive
+  copy listed in ``result.citations`` does. A copied sentence is *verbatim-supported* when the
+  substantive copies overlapping it (listed or not), in output order, form one
   contiguous slice of one source: each next copy comes from the same document, starts as far
   after the previous copy's end in the document as it does in the output, and the output text
   between them equals the document text between them (read from the result's passages; a gap
-  the passages do not cover counts as not equal). It is *spliced* otherwise;
+  the passages do not cover counts as not equal). It is *spliced* otherwise. The spliced
+  rate is of cited sentences (issue 13: a citation must not back a spliced sentence); the
+  spliced-copy rate, of copied sentences, says how often the text itself was put together
+  from several places, cited or not;
 - the *source* of a copy is its document (``document_id`` with document offsets) when the
   citation has them, else its passage (``passage_id`` with passage offsets).
 """
@@ -114,7 +118,9 @@ class ClaimCounts:
 
     sentences: int = 0
     cited_sentences: int = 0
-    spliced_sentences: int = 0
+    spliced_sentences: int = 0  # of the cited ones
+    copied_sentences: int = 0
+    spliced_copy_sentences: int = 0  # of the copied ones, cited or not
     citations: int = 0
     fragment_citations: int = 0
     supported_chars: int = 0
@@ -136,21 +142,27 @@ def claim_counts(result: NestResult, passages: Sequence[ScoredPassage | Passage]
     fragments: list[Citation] = list(getattr(result, "fragments", None) or [])
     copies = sorted(result.citations + fragments, key=lambda c: (c.output_start, c.output_end))
     substantive = [c for c in copies if not is_fragment(c)]
+    listed = [c for c in result.citations if not is_fragment(c)]
     sentences = sentence_spans(text)
-    cited = spliced = supported = 0
+    copied = cited = spliced = spliced_copies = supported = 0
     for s, e in sentences:
         inside = [c for c in substantive if c.output_start < e and c.output_end > s]
         if not inside:
             continue
-        cited += 1
+        copied += 1
+        is_cited = any(c.output_start < e and c.output_end > s for c in listed)
+        cited += is_cited
         if all(continues(text, a, b, sources) for a, b in pairwise(inside)):
             supported += min(e, inside[-1].output_end) - max(s, inside[0].output_start)
         else:
-            spliced += 1
+            spliced_copies += 1
+            spliced += is_cited
     return ClaimCounts(
         sentences=len(sentences),
         cited_sentences=cited,
         spliced_sentences=spliced,
+        copied_sentences=copied,
+        spliced_copy_sentences=spliced_copies,
         citations=len(result.citations),
         fragment_citations=sum(is_fragment(c) for c in result.citations),
         supported_chars=supported,
@@ -161,8 +173,9 @@ def claim_counts(result: NestResult, passages: Sequence[ScoredPassage | Passage]
 def claim_rates(counts: Iterable[ClaimCounts | Mapping[str, Any]]) -> dict[str, float | None]:
     """Rates over several answers (None where the denominator is 0).
 
-    ``spliced_rate`` = spliced / cited sentences; ``fragment_citation_rate`` = fragment
-    citations / citations listed; ``verbatim_share`` = supported chars / output chars.
+    ``spliced_rate`` = spliced / cited sentences; ``spliced_copy_rate`` = spliced / copied
+    sentences (cited or not); ``fragment_citation_rate`` = fragment citations / citations
+    listed; ``verbatim_share`` = supported chars / output chars.
     """
     total: dict[str, int] = dict.fromkeys(ClaimCounts().as_dict(), 0)
     for c in counts:
@@ -174,6 +187,7 @@ def claim_rates(counts: Iterable[ClaimCounts | Mapping[str, Any]]) -> dict[str, 
 
     return {
         "spliced_rate": ratio("spliced_sentences", "cited_sentences"),
+        "spliced_copy_rate": ratio("spliced_copy_sentences", "copied_sentences"),
         "fragment_citation_rate": ratio("fragment_citations", "citations"),
         "verbatim_share": ratio("supported_chars", "output_chars"),
     }

@@ -86,7 +86,7 @@ def claim_columns(ms: Sequence[Measurement]) -> dict[str, float | None]:
     """Spliced-sentence, fragment-citation and verbatim-supported rates (None for systems that do not cite)."""
     counts = [m.claims for m in ms if m.claims is not None]
     if not counts:
-        return dict.fromkeys(("spliced_rate", "fragment_citation_rate", "verbatim_share"))
+        return dict.fromkeys(("spliced_rate", "spliced_copy_rate", "fragment_citation_rate", "verbatim_share"))
     return claim_rates(counts)
 
 
@@ -114,6 +114,7 @@ COLUMNS = [
     ("citation_precision", "cit. precision"),
     ("wrong_source_rate", "wrong-source"),
     ("spliced_rate", "spliced"),
+    ("spliced_copy_rate", "spliced uncited too"),
     ("fragment_citation_rate", "fragment cit."),
     ("verbatim_share", "verbatim"),
     ("mid_sentence_starts", "mid-sentence"),

@@ -175,7 +175,9 @@ def score(
                 **(
                     claim_rates(claims)
                     if claims
-                    else dict.fromkeys(("spliced_rate", "fragment_citation_rate", "verbatim_share"))
+                    else dict.fromkeys(
+                        ("spliced_rate", "spliced_copy_rate", "fragment_citation_rate", "verbatim_share")
+                    )
                 ),
             }
         )
@@ -196,6 +198,7 @@ COLUMNS = [
     ("tokens_per_s", "tok/s"),
     ("attribution_ratio", "attribution"),
     ("spliced_rate", "spliced"),
+    ("spliced_copy_rate", "spliced uncited too"),
     ("fragment_citation_rate", "fragment cit."),
     ("verbatim_share", "verbatim"),
 ]
