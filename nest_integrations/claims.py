@@ -224,7 +224,10 @@ class ClaimTracker:
                 end = max(len(text), pending[-1].copy.output_end)
             elif not final and open_start is not None and open_start < end:
                 return  # a copy still growing shares this sentence
-            inside = [u for u in pending if u.copy.output_start < end]
+            n = 0
+            while n < len(pending) and pending[n].copy.output_start < end:  # in output order
+                n += 1
+            inside = pending[:n]
             copies = [u for u in inside if u.substantive]
             if len(copies) > 1 and not all(
                 self._continues(text, a.copy, b.copy) for a, b in itertools.pairwise(copies)

@@ -469,3 +469,46 @@ def test_a_claim_entering_midway_is_not_cited_after_an_opening_name_its_source_s
         assert _enters_like_its_source(true, true.index("economic"), source, at, title), true
     city = "The city, the economic centre"  # "The": a stopword, not a name
     assert _enters_like_its_source(city, city.index("economic"), source, at, "תל אביב")
+
+
+def test_random_streams_cite_no_spliced_sentence_and_streaming_settles_as_the_end_does() -> None:
+    """Random outputs of copied tokens (from random places) and generated ones ("." among them):
+    settling as tokens arrive (streaming) gives what settling once at the end gives, every quote
+    is exact, and no sentence with a citation holds copies that do not continue each other."""
+    import random
+
+    from nest_integrations.bench.claims import claim_counts
+    from nest_integrations.citations import NestResult
+
+    source = "Anna Berg was a painter. She studied in Paris, then Oslo. Lars Berg was a chemist! He lived long."
+    pieces = re.findall(r"\s*[^\s.!,]+|[.!,]", source)
+    assert "".join(pieces) == source
+    generated = [" and", " the", ".", " It", " was", "!", "\n"]
+    rng = random.Random(0)
+    passage = ScoredPassage(passage=Passage(id="p0", text=source, title="T", document_id="doc", start=0, end=len(source)))
+    for _ in range(300):
+        output: list[tuple[str, int | None]] = []
+        while len(output) < 40:
+            if rng.random() < 0.5:
+                at = rng.randrange(len(pieces))
+                output += [(pieces[i], i) for i in range(at, min(len(pieces), at + rng.randint(1, 8)))]
+            else:
+                output.append((rng.choice(generated), None))
+        results = []
+        for streaming in (True, False):
+            tracker = ClaimTracker([passage], [_encoded(source, pieces)])
+            text = ""
+            for piece, position in output:
+                start = len(text)
+                text += piece
+                tracker.add(text, None if position is None else Provenance(0, position, 0.9), start, len(text))
+                if streaming:
+                    tracker.settle(text, len(text))
+            tracker.finish(text)
+            results.append((tracker.citations, tracker.fragments))
+        assert results[0] == results[1], output
+        citations, fragments = results[1]
+        for c in citations + fragments:
+            assert text[c.output_start : c.output_end] == source[c.passage_start : c.passage_end] == c.quote
+        counts = claim_counts(NestResult(text=text, citations=citations, fragments=fragments, passages=[passage]))
+        assert counts.spliced_sentences == 0, (text, citations)
