@@ -485,7 +485,9 @@ def test_random_streams_cite_no_spliced_sentence_and_streaming_settles_as_the_en
     assert "".join(pieces) == source
     generated = [" and", " the", ".", " It", " was", "!", "\n"]
     rng = random.Random(0)
-    passage = ScoredPassage(passage=Passage(id="p0", text=source, title="T", document_id="doc", start=0, end=len(source)))
+    passage = ScoredPassage(
+        passage=Passage(id="p0", text=source, title="T", document_id="doc", start=0, end=len(source))
+    )
     for _ in range(300):
         output: list[tuple[str, int | None]] = []
         while len(output) < 40:
