@@ -17,6 +17,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol, overload
 
+import regex
+
 # A byte-level tokenizer splits a character into at most 4 byte tokens; past this many tokens
 # an undecodable tail is real replacement characters, not an unfinished character.
 _MAX_PENDING_TOKENS = 6
@@ -51,10 +53,28 @@ def joined(text: Chars, i: int) -> bool:
     lk = _kind(left)
     if lk and r:
         return True
-    if left in _JOINERS:
-        return i >= 2 and bool(_kind(text[i - 2])) and bool(r)
-    if right in _JOINERS:
-        return i + 1 < len(text) and bool(lk) and bool(_kind(text[i + 1]))
+    if left in _JOINERS and i >= 2 and _kind(text[i - 2]) and r:
+        return True
+    if right in _JOINERS and i + 1 < len(text) and lk and _kind(text[i + 1]):
+        return True
+    if left.isascii() and right.isascii():
+        return False
+    return _inside_grapheme(text, i)
+
+
+_GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster (Unicode UAX #29)
+
+
+def _inside_grapheme(text: Chars, i: int) -> bool:
+    """Whether ``i`` falls inside a grapheme cluster: an emoji with its skin tone ("👍🏽"), a
+    flag's two regional indicators, a ZWJ sequence ("👨‍👩‍👧")."""
+    lo = i - 1
+    while lo > 0 and i - lo < 256 and not text[lo - 1].isascii():
+        lo -= 1  # clusters start at an ASCII char (CR LF aside): start the search after one
+    window = text[lo : min(len(text), i + 1)]
+    for m in _GRAPHEME.finditer(window):
+        if lo + m.end() >= i:
+            return lo + m.end() > i
     return False
 
 

@@ -514,3 +514,18 @@ def test_random_streams_cite_no_spliced_sentence_and_streaming_settles_as_the_en
             assert text[c.output_start : c.output_end] == source[c.passage_start : c.passage_end] == c.quote
         counts = claim_counts(NestResult(text=text, citations=citations, fragments=fragments, passages=[passage]))
         assert counts.spliced_sentences == 0, (text, citations)
+
+
+def test_a_quote_never_ends_inside_an_emoji_cluster_of_its_source() -> None:
+    # A break test's case: the output stopped after "👍" where the source has "👍🏽" (thumbs up
+    # with a skin tone: one grapheme cluster), and after the first regional indicator of a flag.
+    source = "Members greet each other with 👍🏽 and 🇩🇪 daily."
+    pieces = ["Members", " greet", " each", " other", " with", " 👍", "🏽", " and", " 🇩", "🇪", " daily", "."]
+    for stop in (6, 9):  # the output ends inside the cluster
+        text, tracker = _track(source, pieces, [(pieces[i], i) for i in range(stop)])
+        assert [c.quote for c in tracker.citations] == [text[: text.rindex(" ")]], text
+        for c in tracker.citations:
+            assert not joined(source, c.passage_end) and not joined(source, c.passage_start)
+    for text in ("👍🏽", "🇩🇪", "👨\u200d👩\u200d👧"):
+        assert all(joined(text, i) for i in range(1, len(text))), text
+    assert not joined("🇩🇪🇩🇰", 2)  # two flags
