@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .citations import Citation, Provenance
+from .passages.stopwords import stopwords
 from .passages.types import Passage, ScoredPassage
 from .relevance import key_terms
 from .text_stream import Chars, joined, last_word, word_count
@@ -252,11 +253,13 @@ class ClaimTracker:
         if it ended before ``upto``: a ``.`` counts once the whitespace after it is there."""
         start = max(begin, self._no_break_before)
         # A str (the finished answer) is searched in place; a growing text's new part is sliced.
-        found = _SENTENCE_BREAK.search(text, start, upto) if isinstance(text, str) else None
+        found = _CLAIM_SENTENCE_END.search(text, start, upto) if isinstance(text, str) else None
         if found is not None:
             return found.end()
-        if not isinstance(text, str) and (found := _SENTENCE_BREAK.search(text[start:upto])) is not None:
-            return start + found.end()
+        if not isinstance(text, str):
+            lead = min(start, 4)  # what the end's lookbehind reads ("St" before ". ")
+            if (found := _CLAIM_SENTENCE_END.search(text[start - lead : upto], lead)) is not None:
+                return start - lead + found.end()
         self._no_break_before = max(start, upto - 1)  # the last char may yet be a break
         return None
 
@@ -267,7 +270,7 @@ class ClaimTracker:
         keep_start, keep_end = c.output_start, c.output_end
         for a, b in u.withheld:  # spliced sentences lie at its ends: the middle ones hold it alone
             if a <= keep_start < b:
-                keep_start = min(b, keep_end)
+                keep_start = keep_end  # it entered its source in a spliced sentence: what follows goes on from there
             elif a < keep_end <= b:
                 keep_end = max(a, keep_start)
         if (keep_start, keep_end) == (c.output_start, c.output_end):
@@ -315,6 +318,12 @@ class ClaimTracker:
             return None  # still inside a word or grapheme cluster (limits kept it from growing): not a quote
         breaks = self._breaks.get(run.passage) or self._breaks.setdefault(run.passage, SentenceBreaks(p.text))
         if not _enters_like_its_source(text, o0, p.text, s0, p.title, breaks):
+            start, end = breaks.sentence_at(s0)
+            if _names_another_subject(text, o0, f"{p.title} {p.text[start:end]}", subject_only=True):
+                # Another subject: the sentences after it go on about the source's ("He scored 112
+                # goals" after "Mary | (born 1970) is a footballer" from John's sentence): none is cited.
+                self._file(self._citation(text, run, o0, o1, s0, s1), listed=False)
+                return None
             # Its first sentence misstates the subject; the sentences after it start as in the source.
             first_break = _SENTENCE_BREAK.search(text[o0:o1])
             cut = o0 + first_break.end() if first_break else o1
@@ -359,6 +368,12 @@ class ClaimTracker:
 
 
 _SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")
+# For the splice check, where a missed end only makes a sentence longer (stricter), never hides
+# a splice: no end after an initial ("John A. Whitfield") or a common abbreviation ("St. Louis").
+_CLAIM_SENTENCE_END = re.compile(
+    r"(?<!\b[A-Z])(?<!\b(?:St|Mr|Ms|Dr|Jr|Sr|Mt|No|vs|Co|Mo))(?<!\b(?:Mrs|etc|Inc|Ltd|Gen|Col|Rev|Fig))"
+    r"(?<!\b(?:e\.g|i\.e))[.!?](?=\s)|\n"
+)
 _SENTENCE_BREAK_REVERSED = re.compile(r"\n|(?<=\s)[.!?]")  # _SENTENCE_BREAK read from the end
 
 
@@ -380,6 +395,7 @@ def _drop_dangling_sentence_start(text: Chars, o0: int, o1: int, s0: int, s1: in
     quote = text[o0:o1]
     cut = _after_last_break(quote)
     if cut and 0 < word_count(quote[cut:], MIN_CLAIM_WORDS) < MIN_CLAIM_WORDS:
+        cut = len(quote[:cut].rstrip())  # a newline break stays out of the quote
         return o0, o0 + cut, s0, s0 + cut
     return o0, o1, s0, s1
 
@@ -435,17 +451,34 @@ def _enters_like_its_source(
     entered = src[start:s0]
     if entered.count("(") > entered.count(")") or entered.count("[") > entered.count("]"):
         return False  # it enters inside a parenthesis: "The 1961) is a chemist" from "Anna Berg (born 1961) is ..."
-    names = key_terms(_sentence_before(out, o0), first_words=True)  # "Tallahasaba, the | economic ..."
-    if names:
-        sentence = unicodedata.normalize("NFC", f"{title} {src[start:end]}".lower())
-        if not all(_has_word(sentence, name) for name in names):
-            return False  # the output's sentence names something its source sentence does not
+    if _names_another_subject(out, o0, f"{title} {src[start:end]}"):
+        return False  # the output's sentence names something its source sentence does not
     if not (source_word[0].isupper() or any(c.isdigit() for c in source_word)):
         return True  # after a common word: no subject to swap
     word = _previous_word(out, o0)
     if word is None:
         return False
     return word.lower() in {w.lower() for w in _WORD_RE.findall(src[start:s0])}
+
+
+def _names_another_subject(out: Chars, o0: int, source_sentence: str, *, subject_only: bool = False) -> bool:
+    """Whether the output's sentence, before char ``o0``, names something (a capitalised word, its
+    first too unless a stopword, or a number) that ``source_sentence`` does not have:
+    "Tallahasaba, the | economic centre of Israel." from "It is the economic centre of Israel.".
+    ``subject_only``: look at its first name alone ("Mary | (born 1970) is ..." from John's
+    sentence names another subject; "Boulter is a British | actor." from "Boulter is an English
+    actor." does not)."""
+    before = _sentence_before(out, o0)
+    if subject_only:
+        stop = stopwords()
+        first = next((w for w in _WORD_RE.findall(before) if w[0].isupper() and w.lower() not in stop), None)
+        names = {first.lower()} if first is not None else set()
+    else:
+        names = key_terms(before, first_words=True)
+    if not names:
+        return False
+    sentence = unicodedata.normalize("NFC", source_sentence.lower())
+    return not all(_has_word(sentence, name) for name in names)
 
 
 def _has_word(text: str, word: str) -> bool:

@@ -75,6 +75,8 @@ def read_documents(paths: Iterable[str | Path]) -> Iterator[Document]:
     """Read .txt / .md files (one document each) and .jsonl files (one document per line).
 
     JSONL lines need a ``text`` field; ``id``, ``title`` and ``metadata`` are optional.
+    A document's text, and so every citation's document offsets, is the file as Python reads
+    it in text mode: ``\r\n`` and ``\r`` become ``\n``, a UTF-8 byte-order mark is dropped.
     Raises :class:`UnreadableFileError` naming the file for non-UTF-8 or malformed input.
     """
     for path in paths:
@@ -83,7 +85,7 @@ def read_documents(paths: Iterable[str | Path]) -> Iterator[Document]:
             yield from read_documents(sorted(q for q in p.rglob("*") if q.suffix in {".txt", ".md", ".jsonl"}))
             continue
         try:
-            raw = p.read_text(encoding="utf-8")
+            raw = p.read_text(encoding="utf-8-sig")  # a BOM is not text
         except UnicodeDecodeError as e:
             raise UnreadableFileError(
                 f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); convert it, e.g. `iconv -t UTF-8`."

@@ -9,6 +9,7 @@ token index are not done here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ import torch
 from .config import NestConfig
 from .passages.types import Passage, ScoredPassage
 from .relevance import passage_relevance, source_coverage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class SourceSelection:
 
 def select_sources(query: str, retrieved: Sequence[ScoredPassage], config: NestConfig) -> SourceSelection:
     """Apply the coverage gate, the relevance threshold and de-duplication to ``retrieved``."""
+    retrieved = _unique_ids(retrieved)
     selection = SourceSelection(retrieved=list(retrieved))
     if not retrieved:
         return selection
@@ -57,3 +61,27 @@ def select_sources(query: str, retrieved: Sequence[ScoredPassage], config: NestC
     selection.searched = [retrieved[i] for i in kept]
     selection.relevance = relevance[kept]
     return selection
+
+
+def _unique_ids(retrieved: Sequence[ScoredPassage]) -> Sequence[ScoredPassage]:
+    """Passages that share an id but not their text (chunks of a loader that copied one id into
+    every chunk) get ``"<id>#2"``, ``"<id>#3"``, ... so that each citation names one text."""
+    taken = {s.passage.id for s in retrieved}
+    text_of: dict[str, str] = {}
+    new_ids: dict[tuple[str, str], str] = {}  # (id, text) -> the id it is cited as
+    renamed: list[ScoredPassage] | None = None
+    for i, s in enumerate(retrieved):
+        p = s.passage
+        if text_of.setdefault(p.id, p.text) == p.text:
+            continue
+        new_id = new_ids.get((p.id, p.text))
+        if new_id is None:
+            n = 2
+            while f"{p.id}#{n}" in taken:
+                n += 1
+            new_id = new_ids[p.id, p.text] = f"{p.id}#{n}"
+            taken.add(new_id)
+            log.warning("two passages have the id %r and different texts: the later one is cited as %r", p.id, new_id)
+        renamed = renamed if renamed is not None else list(retrieved)
+        renamed[i] = s.model_copy(update={"passage": p.model_copy(update={"id": new_id})})
+    return renamed if renamed is not None else retrieved

@@ -529,3 +529,28 @@ def test_a_quote_never_ends_inside_an_emoji_cluster_of_its_source() -> None:
     for text in ("👍🏽", "🇩🇪", "👨\u200d👩\u200d👧"):
         assert all(joined(text, i) for i in range(1, len(text))), text
     assert not joined("🇩🇪🇩🇰", 2)  # two flags
+
+
+def test_a_copy_that_enters_a_sentence_about_another_named_subject_is_not_cited_at_all() -> None:
+    # A break test's case: "Mary" generated, then John's sentence copied from its middle; the copy's
+    # next sentence ("He scored ...") goes on about John, so it is not cited either.
+    source = "John Smith (born 1970) is a Welsh footballer. He scored 112 goals in 300 games."
+    pieces = re.findall(r"\s*[^\s.]+|\.", source)
+    start = pieces.index(" (born")
+    out = [("Mary Smith", None)] + [(pieces[i], i) for i in range(start, len(pieces))]
+    text, tracker = _track(source, pieces, out)
+    assert text == "Mary Smith (born 1970) is a Welsh footballer. He scored 112 goals in 300 games."
+    assert tracker.citations == []
+    assert [c.quote for c in tracker.fragments] == [text[len("Mary Smith ") :]]
+
+
+def test_abbreviations_and_initials_do_not_end_a_sentence_for_the_splice_check() -> None:
+    # A break test's case: "St. Louis, Mo." and "John A. Whitfield" split the sentence, which hid a splice.
+    source = "The team doctor was born in Ohio. John A. Whitfield Jr. was born in St. Louis, Mo. in 1931."
+    pieces = re.findall(r"\s*[^\s.,]+|[.,]", source)
+    team = [(pieces[i], i) for i in range(0, 4)]  # "The team doctor was"
+    john = pieces.index(" Whitfield")
+    out = [*team, (" the John A.", None), *[(pieces[i], i) for i in range(john, len(pieces))]]
+    text, tracker = _track(source, pieces, out)
+    assert text.startswith("The team doctor was the John A. Whitfield Jr. was born in St. Louis, Mo. in 1931.")
+    assert tracker.citations == [], [c.quote for c in tracker.citations]
