@@ -113,9 +113,10 @@ class BatchLoop:
     def __init__(self, lm: LoadedLM, verify_chunk: int | Literal["auto"] | None = "auto") -> None:
         """``verify_chunk``: while other rows share the batch, a row verifies its draft at most this
         many tokens a step (a piece with a rejection ends it; greedy output does not change);
-        None: whole drafts. "auto": 8 on a CPU, where a forward costs about as much per token
+        None: whole drafts. "auto": 32 on a CPU, where a forward costs about as much per token
         past ~8 tokens and one row's 64-token draft would make every row's step several times
-        longer (8 measured best of 2-16 and whole drafts, ``benchmarks/RESULTS.md``); None elsewhere."""
+        longer (32 measured best of 8-64 at 8 concurrent requests with free copying, session 7;
+        8 had been best with the sentence lock on, ``benchmarks/RESULTS.md``); None elsewhere."""
         self.model = BatchedStepModel(lm, need_hidden=True)
         if (
             verify_chunk is not None
@@ -144,7 +145,7 @@ class BatchLoop:
         if len(self.rows) < 2:
             return None
         if self.verify_chunk == "auto":
-            return 8 if self._cpu else None
+            return 32 if self._cpu else None
         return self.verify_chunk
 
     def cancel(self, key: int) -> None:
