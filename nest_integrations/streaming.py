@@ -1,7 +1,8 @@
 """From decoding steps to streamed chunks: answer text, stop strings and final citations.
 
-A citation is streamed on the first chunk after which it cannot change (its claim is closed
-and its text released); the last chunk carries the ``NestResult``. Each chunk costs O(new
+A citation is streamed on the first chunk after which it cannot change (its claim is closed,
+the sentences it touches have ended and its text is released); the last chunk carries the
+``NestResult``. Each chunk costs O(new
 tokens). Decoding and source selection are not done here.
 """
 
