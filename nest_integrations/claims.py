@@ -270,7 +270,7 @@ class ClaimTracker:
         keep_start, keep_end = c.output_start, c.output_end
         for a, b in u.withheld:  # spliced sentences lie at its ends: the middle ones hold it alone
             if a <= keep_start < b:
-                keep_start = keep_end  # it entered its source in a spliced sentence: what follows goes on from there
+                keep_start = min(b, keep_end)
             elif a < keep_end <= b:
                 keep_end = max(a, keep_start)
         if (keep_start, keep_end) == (c.output_start, c.output_end):
