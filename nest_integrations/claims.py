@@ -55,7 +55,7 @@ class _Unsettled:
     spliced sentences (withheld from the citation when it settles)."""
 
     copy: Citation
-    listed: bool  # a citation if no sentence of it is spliced, else (an odd entry point) a fragment
+    listed: bool  # substantive, and no odd entry point: a citation where no sentence of it is spliced
     substantive: bool  # two or more words: counts towards a splice
     withheld: list[tuple[int, int]] = field(default_factory=list)
 
@@ -194,19 +194,16 @@ class ClaimTracker:
         citations, fragments = self.citations, self.fragments
         self.citations, self.fragments = [], []
         for c in citations:
-            short = c if c.output_end <= len(text) else _cut(text, c) if c.output_start < len(text) else None
-            if short is not None:
+            if (short := _cut(text, c)) is not None:
                 (self.citations if _is_claim(short) else self.fragments).append(short)
         for c in fragments:  # fragments stay fragments (short, or entering their source oddly)
-            short = c if c.output_end <= len(text) else _cut(text, c) if c.output_start < len(text) else None
-            if short is not None:
+            if (short := _cut(text, c)) is not None:
                 self.fragments.append(short)
         unsettled, self._unsettled = self._unsettled, []
         for u in unsettled:
-            c = u.copy
-            short = c if c.output_end <= len(text) else _cut(text, c) if c.output_start < len(text) else None
-            if short is not None:
-                self._unsettled.append(_Unsettled(short, u.listed, _is_claim(short), u.withheld))
+            if (short := _cut(text, u.copy)) is not None:
+                substantive = _is_claim(short)
+                self._unsettled.append(_Unsettled(short, u.listed and substantive, substantive, u.withheld))
         self.settle(text, len(text), final=True)
 
     def settle(self, text: Chars, upto: int, *, final: bool = False) -> None:
@@ -274,7 +271,7 @@ class ClaimTracker:
             elif a < keep_end <= b:
                 keep_end = max(a, keep_start)
         if (keep_start, keep_end) == (c.output_start, c.output_end):
-            (self.citations if u.listed and u.substantive else self.fragments).append(c)
+            (self.citations if u.listed else self.fragments).append(c)
             return
         pieces = [
             (c.output_start, keep_start, False),
@@ -528,20 +525,12 @@ def _slice(c: Citation, o0: int, o1: int) -> Citation | None:
 
 
 def _cut(text: Chars, c: Citation) -> Citation | None:
-    """``c`` cut at the end of ``text`` (a stop string), snapped back to a word boundary."""
-    # In quote coordinates: the quote is the source text from passage_start on.
-    snapped = snap(text, c.quote, c.output_start, len(text), 0, len(text) - c.output_start)
-    if snapped is None:
+    """``c`` as far as it lies within ``text`` (a stop string may have cut the output), snapped
+    back to a word boundary; None when nothing of it is left."""
+    if c.output_end <= len(text):
+        return c
+    if c.output_start >= len(text):
         return None
-    o0, o1, s0, s1 = snapped
-    return c.model_copy(
-        update={
-            "output_start": o0,
-            "output_end": o1,
-            "quote": text[o0:o1],
-            "passage_start": c.passage_start + s0,
-            "passage_end": c.passage_start + s1,
-            "document_start": c.document_start + s0 if c.document_start is not None else None,
-            "document_end": c.document_start + s1 if c.document_start is not None else None,
-        }
-    )
+    # In quote coordinates (the quote is the source text from passage_start on), which move with the output's.
+    snapped = snap(text, c.quote, c.output_start, len(text), 0, len(text) - c.output_start)
+    return _slice(c, snapped[0], snapped[1]) if snapped is not None else None
