@@ -9,7 +9,9 @@ words, else a fragment (kept for attribution, never listed as a source).
 No cited sentence is spliced: a closed claim is settled when the output sentences it overlaps
 have ended, and where one sentence holds substantive copies (two or more words) from two
 places that do not continue each other, its part of every copy is withheld as a fragment
-("Boulter starred in the play Herons | directed by Paris Leonti." cites nothing). Work per
+("Boulter starred in the play Herons | directed by Paris Leonti." cites nothing); so does a
+sentence that goes on after its last copy with words the source does not have there, generated
+or copied from elsewhere ("he retired to | Scarborough." where the source says "Whitby"). Work per
 token is O(1) amortised, so streaming stays linear. Decoding is not done here.
 """
 
@@ -209,7 +211,8 @@ class ClaimTracker:
     def settle(self, text: Chars, upto: int, *, final: bool = False) -> None:
         """Make final the claims whose output sentences have all ended by char ``upto`` (all of
         them when ``final``): a sentence holding substantive copies from places that do not
-        continue each other keeps none of them cited. Only text after the last settled sentence
+        continue each other, or going on after its last one with words its source lacks there,
+        keeps none of them cited. Only text after the last settled sentence
         is searched, so settling a whole answer costs O(its length)."""
         pending = self._unsettled
         open_start = None if self._open is None else self._open.out_start
@@ -227,9 +230,10 @@ class ClaimTracker:
                 n += 1
             inside = pending[:n]
             copies = [u for u in inside if u.substantive]
-            if len(copies) > 1 and not all(
+            spliced = len(copies) > 1 and not all(
                 self._continues(text, a.copy, b.copy) for a, b in itertools.pairwise(copies)
-            ):
+            )
+            if spliced or (copies and self._broken_off(text, copies[-1].copy, end)):
                 for u in inside:
                     u.withheld.append((begin, end))
             while pending and pending[0].copy.output_end <= end:
@@ -244,6 +248,20 @@ class ClaimTracker:
             return False
         source = next(s.passage.text for s in self.passages if s.passage.id == before.passage_id)
         return text[before.output_end : after.output_start] == source[before.passage_end : after.passage_start]
+
+    def _broken_off(self, text: Chars, copy: Citation, end: int) -> bool:
+        """Whether the output sentence ending at char ``end`` goes on after ``copy`` with words its
+        source does not have there ("retired to | Scarborough." where the source says "Whitby"):
+        the words after the break, generated or copied from elsewhere, are the sentence's claim too."""
+        if copy.output_end >= end:
+            return False
+        tail = text[copy.output_end : end]
+        if not any(ch.isalnum() for ch in tail):
+            return False  # only punctuation or whitespace after the copy
+        source = next(s.passage.text for s in self.passages if s.passage.id == copy.passage_id)
+        same = source[copy.passage_end : copy.passage_end + len(tail)]
+        k = next((i for i, (a, b) in enumerate(zip(tail, same, strict=False)) if a != b), min(len(tail), len(same)))
+        return any(ch.isalnum() for ch in tail[k:])
 
     def _sentence_end(self, text: Chars, begin: int, upto: int) -> int | None:
         """End of the output sentence holding char ``begin`` (after its ``.``/``!``/``?`` or newline),

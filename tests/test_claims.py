@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from nest_integrations.citations import Provenance, mark_citations
-from nest_integrations.claims import ClaimTracker, snap
+from nest_integrations.claims import _CLAIM_SENTENCE_END, ClaimTracker, snap
 from nest_integrations.passages.types import Passage, ScoredPassage
 from nest_integrations.sentence_lock import SentenceLock
 from nest_integrations.text_stream import StopScanner, joined
@@ -514,6 +514,12 @@ def test_random_streams_cite_no_spliced_sentence_and_streaming_settles_as_the_en
             assert text[c.output_start : c.output_end] == source[c.passage_start : c.passage_end] == c.quote
         counts = claim_counts(NestResult(text=text, citations=citations, fragments=fragments, passages=[passage]))
         assert counts.spliced_sentences == 0, (text, citations)
+        for c in citations:  # what follows a cited quote in its sentence is the source's next text, or no word
+            found = _CLAIM_SENTENCE_END.search(text, c.output_end - 1)  # the quote may end its sentence
+            tail = text[c.output_end : found.end() if found else len(text)]
+            same = source[c.passage_end : c.passage_end + len(tail)]
+            k = next((i for i, (a, b) in enumerate(zip(tail, same, strict=False)) if a != b), min(len(tail), len(same)))
+            assert not any(ch.isalnum() for ch in tail[k:]), (text, c.quote, tail)
 
 
 def test_a_quote_never_ends_inside_an_emoji_cluster_of_its_source() -> None:
@@ -554,3 +560,24 @@ def test_abbreviations_and_initials_do_not_end_a_sentence_for_the_splice_check()
     text, tracker = _track(source, pieces, out)
     assert text.startswith("The team doctor was the John A. Whitfield Jr. was born in St. Louis, Mo. in 1931.")
     assert tracker.citations == [], [c.quote for c in tracker.citations]
+
+
+def test_a_sentence_that_goes_on_after_its_copy_with_words_its_source_lacks_cites_nothing() -> None:
+    # Break-test cases: "he retired to | Scarborough." (one word copied from another version of the
+    # biography) and "Nobel Prize in | the Trilogy" (generated): the words after the break are the
+    # sentence's claim too, so the copy before them backs a false sentence.
+    source = "Peter Hall retired to Whitby in 1990. He died there."
+    pieces = re.findall(r"\s*[^\s.]+|\.", source)
+    copied = [(pieces[i], i) for i in range(4)]  # "Peter Hall retired to"
+    for tail in (" Scarborough.", " Whitby and Leeds."):
+        text, tracker = _track(source, pieces, [*copied, (tail, None), *[(pieces[i], i) for i in range(8, 12)]])
+        assert [c.quote for c in tracker.citations] == ["He died there."], text
+        assert next(c.quote for c in tracker.fragments) == "Peter Hall retired to", text
+    # What the source says next, or only punctuation, keeps the sentence cited.
+    text, tracker = _track(source, pieces, [*copied, (" Whitby", None), (".", None)])
+    assert [c.quote for c in tracker.citations] == ["Peter Hall retired to"], text  # generated text is never quoted
+    text, tracker = _track(source, pieces, [*copied, (pieces[4], 4), (";", None)])
+    assert [c.quote for c in tracker.citations] == ["Peter Hall retired to Whitby"], text
+    # A copy running to the end of the output (cut by the token limit) has nothing after it.
+    text, tracker = _track(source, pieces, copied)
+    assert [c.quote for c in tracker.citations] == ["Peter Hall retired to"], text
