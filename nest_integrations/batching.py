@@ -68,8 +68,8 @@ class DecodeJob:
         counters = self.decoder.counters
         result = NestResult(
             text=text,
-            citations=self.answer.claims.citations,
-            fragments=self.answer.claims.fragments,
+            citations=self.answer.citations,
+            fragments=self.answer.fragments,
             stats=_finish_stats(self.stats, tokens, provenance, counters, seconds),
             finish_reason="stop" if self.answer.stop_at is not None else counters.finish_reason,
             passages=self.sources.retrieved,

@@ -26,6 +26,8 @@ class Citation(BaseModel):
 
     Invariant: ``text[output_start:output_end] == quote == passage.text[passage_start:passage_end]``
     and, when the passage knows its document, ``== document.text[document_start:document_end]``.
+    A passage not in Unicode NFC (decomposed accents, say) is searched and copied in its NFC form:
+    its ``quote`` and offsets are still the passage's own, and the answer shows the quote's NFC form.
     """
 
     output_start: int

@@ -419,7 +419,14 @@ class NestEngine:
             return _abstention(query, sources, stats)
         decoder = NestDecoder(self.lm, cfg, index)
         answer = AnswerAssembler(
-            self.lm.tokenizer, decoder.eos, cfg.stop, sources.searched, encoded, sources.duplicates, stream=stream
+            self.lm.tokenizer,
+            decoder.eos,
+            cfg.stop,
+            sources.searched,
+            encoded,
+            sources.duplicates,
+            stream=stream,
+            to_source=sources.to_source if sources.originals else None,
         )
         # Generation stops at the context limit (documented).
         budget = min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))

@@ -3,8 +3,9 @@
 Three filters, in order: the source-coverage gate (no source names what the query asks
 about: search none), passage relevance (sources under the threshold are left out, and so
 never encoded; so are passages with no text), and duplicates (identical text held by
-several passages is one candidate, held by the best-ranked one). Retrieval itself and the
-token index are not done here.
+several passages is one candidate, held by the best-ranked one). A searched passage that is not
+in NFC is searched as its NFC copy; :meth:`SourceSelection.to_source` maps citations back.
+Retrieval itself and the token index are not done here.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .citations import Citation
 from .config import NestConfig
 from .passages.types import Passage, ScoredPassage
 from .relevance import passage_relevance, source_coverage
+from .unicode_form import OffsetMap, nfc_copy, restore
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,13 @@ class SourceSelection:
     gated: bool = False  # no source covers the query: decode with the plain LM
     # searched index -> other retrieved passages holding exactly the same text
     duplicates: dict[int, list[Passage]] = field(default_factory=dict)
+    # passage id -> (the original, its offset map) for a searched passage that is an NFC copy
+    originals: dict[str, tuple[Passage, OffsetMap]] = field(default_factory=dict)
+
+    def to_source(self, citation: Citation) -> Citation:
+        """``citation`` in the terms of the passage the user gave (see ``unicode_form.py``)."""
+        found = self.originals.get(citation.passage_id)
+        return citation if found is None else restore(citation, *found)
 
 
 def select_sources(query: str, retrieved: Sequence[ScoredPassage], config: NestConfig) -> SourceSelection:
@@ -49,16 +59,23 @@ def select_sources(query: str, retrieved: Sequence[ScoredPassage], config: NestC
     relevance = passage_relevance(query, passages, [s.score for s in retrieved], config.passage_relevance)
     holder_of: dict[str, int] = {}  # passage text -> index in ``searched``
     kept: list[int] = []
+    searched: list[ScoredPassage] = []
     for i in (relevance >= config.min_passage_relevance).nonzero().flatten().tolist():
-        text = passages[i].text
-        if not text.strip():
+        scored = retrieved[i]
+        if not scored.passage.text.strip():
             continue  # nothing to copy (a vector store's empty chunk): no token of it is searched
-        if text in holder_of:
+        copy = nfc_copy(scored.passage)  # searched and copied in NFC, cited as given
+        text = scored.passage.text if copy is None else copy[0].text
+        if text in holder_of:  # an NFD and an NFC copy of one text are one text too
             selection.duplicates.setdefault(holder_of[text], []).append(passages[i])
             continue
+        if copy is not None:
+            selection.originals[scored.passage.id] = (scored.passage, copy[1])
+            scored = scored.model_copy(update={"passage": copy[0]})
         holder_of[text] = len(kept)
         kept.append(i)
-    selection.searched = [retrieved[i] for i in kept]
+        searched.append(scored)
+    selection.searched = searched
     selection.relevance = relevance[kept]
     return selection
 

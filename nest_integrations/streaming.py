@@ -8,7 +8,7 @@ tokens). Decoding and source selection are not done here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -49,8 +49,12 @@ class AnswerAssembler:
         duplicates: Mapping[int, Sequence[Passage]] | None = None,
         *,
         stream: bool = True,
+        to_source: Callable[[Citation], Citation] | None = None,
     ) -> None:
+        """``to_source``: maps a citation of a searched passage to the passage the user gave (an
+        NFC copy's citation to the original: ``SourceSelection.to_source``); None: they are the same."""
         self.eos = eos
+        self._to_source = to_source
         self.stream = stream
         self.detok = IncrementalDetokenizer(tokenizer)
         self.stops = StopScanner(stops)
@@ -112,7 +116,20 @@ class AnswerAssembler:
         while self._cited < len(done) and done[self._cited].output_end <= limit:
             new.append(done[self._cited])
             self._cited += 1
-        return new
+        return self._restored(new)
+
+    def _restored(self, citations: list[Citation]) -> list[Citation]:
+        return citations if self._to_source is None else [self._to_source(c) for c in citations]
+
+    @property
+    def citations(self) -> list[Citation]:
+        """The final citations, in output order, in terms of the passages the user gave."""
+        return self._restored(self.claims.citations)
+
+    @property
+    def fragments(self) -> list[Citation]:
+        """Copies not listed as sources (see ``NestResult.fragments``), as :attr:`citations`."""
+        return self._restored(self.claims.fragments)
 
     def finish(self) -> tuple[str, list[int], list[Provenance | None]]:
         """End of output: the final text (cut at a stop string), its tokens and their provenance."""
@@ -131,4 +148,5 @@ class AnswerAssembler:
 
     def last_chunk(self, text: str, result: NestResult) -> NestChunk:
         """The chunk that carries the result: the rest of the text and the citations not yet streamed."""
-        return NestChunk(text=text[self._released :], citations=self.claims.citations[self._cited :], result=result)
+        rest = self._restored(self.claims.citations[self._cited :])
+        return NestChunk(text=text[self._released :], citations=rest, result=result)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import itertools
 import re
+import unicodedata
 
 from nest_integrations.citations import NestResult
 from nest_integrations.text_stream import joined
 
 
 def assert_citations_exact(result: NestResult, documents: dict[str, str] | None = None) -> None:
-    """Every citation's quote equals the output text, the passage text and the document text at its offsets."""
+    """Every citation's quote equals the passage text and the document text at its offsets, and the
+    output text at its offsets (in NFC, for a source that is not: see ``unicode_form.py``)."""
     by_id = {s.passage.id: s.passage for s in result.passages}
     for c in result.citations:
         assert c.quote, c
-        assert result.text[c.output_start : c.output_end] == c.quote
+        assert result.text[c.output_start : c.output_end] in (c.quote, unicodedata.normalize("NFC", c.quote))
         passage = by_id[c.passage_id]
         assert passage.text[c.passage_start : c.passage_end] == c.quote
         if documents is not None and c.document_id is not None:
@@ -52,7 +54,7 @@ def spliced_sentences(result: NestResult, documents: dict[str, str] | None = Non
                 source = documents[a.document_id][a.document_end : b.document_start]
             else:
                 source = None
-            if source != gap:
+            if source is None or unicodedata.normalize("NFC", source) != gap:
                 spliced.append(result.text[start:end])
                 break
     return spliced

@@ -100,6 +100,15 @@ def test_decomposed_unicode_gets_quotes_and_marks_at_grapheme_boundaries(lm) -> 
     assert "\u0301 [" not in marked and not any(
         unicodedata.combining(marked[i + 2]) for i in range(len(marked) - 2) if marked[i : i + 2] == " ["
     )
+    # The NFD passage is searched in its NFC form: the same answer and citations as the NFC text,
+    # each quote the NFD passage's own text (a break test saw "Brontë̈̈̈̈" loops before).
+    nfc = Passage(id="dupre", text=unicodedata.normalize("NFC", text), title="Zoë Dupré", document_id="dupre")
+    same = NestEngine(lm).generate("Tell me about Zoë Séverine Dupré.", passages=[nfc], min_source_coverage=0.0)
+    assert result.text == same.text and unicodedata.is_normalized("NFC", result.text)
+    assert [(c.output_start, c.output_end) for c in result.citations] == [
+        (c.output_start, c.output_end) for c in same.citations
+    ]
+    assert [unicodedata.normalize("NFC", c.quote) for c in result.citations] == [c.quote for c in same.citations]
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ Pure functions, no model. Definitions (used by ``nest bench``):
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -98,13 +99,15 @@ def _source(c: Citation) -> tuple[str, int, int]:
 
 
 def continues(text: str, before: Citation, after: Citation, sources: _Sources) -> bool:
-    """Whether ``after`` continues ``before``'s source run exactly as the output does."""
+    """Whether ``after`` continues ``before``'s source run exactly as the output does (the output
+    shows a source that is not in NFC in its NFC form: see ``unicode_form.py``)."""
     key_a, _, end_a = _source(before)
     key_b, start_b, _ = _source(after)
     gap = text[before.output_end : after.output_start] if after.output_start >= before.output_end else None
-    if key_a != key_b or gap is None or start_b - end_a != len(gap):
+    if key_a != key_b or gap is None or start_b < end_a:
         return False
-    return gap == "" or sources.text(key_a, end_a, start_b) == gap
+    between = sources.text(key_a, end_a, start_b)
+    return between is not None and (between == gap or unicodedata.normalize("NFC", between) == gap)
 
 
 @dataclass(frozen=True)
