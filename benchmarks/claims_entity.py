@@ -3,7 +3,7 @@ verbatim-supported share, with citation precision, attribution and speed, for NE
 behind the built-in and the "mixed" first stages, against (a) plain generate.
 
 Usage: python benchmarks/claims_entity.py [--entity 20] [--max-new-tokens 128] [--out DIR]
-    [--set FIELD=JSON ...]
+    [--set FIELD=JSON ...] [--dtype bfloat16]
 The same columns as ``nest bench`` (which also has them), for only the systems they concern, so
 before/after runs are short. Systems run interleaved prompt by prompt; claims_entity.md / .json
 are rewritten after every prompt, so a stopped run keeps its figures so far.
@@ -45,9 +45,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a NestConfig override")
+    parser.add_argument("--dtype", help="the model's dtype (default: load_lm's choice for the device)")
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    lm = load_lm()
+    lm = load_lm(dtype=args.dtype)
     engine = NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer, progress=False))
     if overrides:
         engine = NestEngine(lm, retriever=engine.retriever, config=engine.call_config(**overrides))
@@ -66,7 +67,7 @@ def main() -> None:
         lines = [
             f"## Claim-level quality, {i} of {len(prompts)} entity prompts (seed 0), {n} new tokens",
             "",
-            f"Machine: {machine()}. Model: {lm.name}. Config: the model's default, overrides {overrides}.",
+            f"Machine: {machine()}. Model: {lm.name} ({lm.dtype}). Config: the model's default, overrides {overrides}.",
             "",
             "| " + " | ".join(c for _, c in COLUMNS) + " |",
             "|" + "---|" * len(COLUMNS),

@@ -422,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", help="auto, float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype",
+        help="auto, float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU; "
+        "bfloat16 is ~1.8x faster on a CPU with native bf16)",
+    )
 
 
 def _version() -> str:

@@ -402,3 +402,26 @@ def test_the_engine_checks_its_config_before_loading_the_model() -> None:
 def test_a_config_dict_and_an_empty_config_are_taken_as_given(lm) -> None:
     assert NestEngine(lm, config={"alpha": 0.1}).config.alpha == 0.1
     assert NestEngine(lm, config=NestConfig()).config == NestConfig()  # not the calibrated default
+
+
+@pytest.mark.slow
+def test_bfloat16_on_a_cpu_decodes_greedily_and_cites_exactly(boulter_passages, documents) -> None:
+    # The opt-in fast path on CPUs with native bf16 (benchmarks/RESULTS.md, session 8).
+    from nest_integrations import load_lm
+
+    lm = load_lm("default", device="cpu", dtype="bfloat16")
+    assert lm.dtype == torch.bfloat16
+    engine = NestEngine(lm, retriever=boulter_passages)
+    prompt = "Tell me about Robert Boulter."
+    plain = engine.generate(prompt, max_new_tokens=24, retrieval=False)
+    assert plain.text == lm.tokenizer.decode(plain_greedy(lm, prompt, 24), skip_special_tokens=True)
+    result = engine.generate(prompt, max_new_tokens=48)
+    assert result.stats.tokens_copied > 0
+    assert_citations_exact(result, documents)
+    by_id = {p.id: p.text for p in boulter_passages}
+    for c in result.citations + result.fragments:  # fragments (withheld copies) are exact too
+        assert (
+            result.text[c.output_start : c.output_end]
+            == c.quote
+            == by_id[c.passage_id][c.passage_start : c.passage_end]
+        )
