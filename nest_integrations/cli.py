@@ -54,9 +54,11 @@ def _quiet_library_warnings() -> None:
 
 def _ask(args: argparse.Namespace) -> int:
     from .builder import build_engine, check_options
-    from .errors import ConfigError, InvalidPromptError
+    from .errors import InvalidPromptError
     from .lm import normalize_messages
 
+    _check_number("--max-new-tokens", args.max_new_tokens, *_config_bounds("max_new_tokens"))
+    _check_number("--passages", args.passages, *_config_bounds("num_passages"))
     if not args.question.strip():
         raise InvalidPromptError("The question is empty; give a non-empty question.")
     normalize_messages(args.question)  # invisible-only or invalid Unicode: exit 2 before any loading
@@ -71,13 +73,7 @@ def _ask(args: argparse.Namespace) -> int:
         key_store=not args.no_key_store,
         progress=not args.quiet,
     )
-    try:
-        check_options(options)  # everything a user can get wrong, before the model is loaded
-    except ConfigError as e:  # name the flag the user typed, not the config field behind it
-        message = str(e)
-        for field_name, flag in (("num_passages", "--passages"), ("max_new_tokens", "--max-new-tokens")):
-            message = message.replace(f"{field_name}: ", f"{flag}: ")
-        raise ConfigError(message) from e
+    check_options(options)  # everything else a user can get wrong, before the model is loaded
     if options.retrieval and options.index is None and not args.json:
         from .corpus import DEFAULT_CORPUS_NOTICE
 
@@ -90,6 +86,31 @@ def _ask(args: argparse.Namespace) -> int:
     else:
         print(format_answer(result, max_new_tokens=args.max_new_tokens))
     return 0
+
+
+def _check_number(
+    flag: str, value: float, least: float | None = None, most: float | None = None, *, above: float | None = None
+) -> None:
+    """Raise a ``ConfigError`` naming ``flag`` unless ``least <= value <= most`` (and ``value > above``),
+    in plain words, before anything loads (NaN is outside every range)."""
+    from .errors import ConfigError
+
+    if above is not None and not value > above:
+        raise ConfigError(f"{flag} must be more than {above:g}, got {value}.")
+    if least is not None and not value >= least:
+        raise ConfigError(f"{flag} must be at least {least:g}, got {value}.")
+    if most is not None and not value <= most:
+        raise ConfigError(f"{flag} must be at most {most:g}, got {value}.")
+
+
+def _config_bounds(field: str) -> tuple[float | None, float | None]:
+    """The ``ge`` and ``le`` bounds of a ``NestConfig`` field (for the flag that sets it)."""
+    from .config import NestConfig
+
+    metadata = NestConfig.model_fields[field].metadata
+    least = next((m.ge for m in metadata if hasattr(m, "ge")), None)
+    most = next((m.le for m in metadata if hasattr(m, "le")), None)
+    return least, most
 
 
 def format_answer(result: NestResult, max_new_tokens: int | None = None) -> str:
@@ -173,22 +194,21 @@ def _require_extra(command: str, extra: str, modules: Sequence[str]) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import os
 
+    _check_number("--port", args.port, 0, 65535)  # the flags first: before any import of weight
+    _check_number("--max-tokens-limit", args.max_tokens_limit, 1)
+    _check_number("--max-batch", args.max_batch, 1)
+    _check_number("--max-queue", args.max_queue, 0)
+    _check_number("--queue-timeout", args.queue_timeout, above=0)
+    _check_number("--graceful-timeout", args.graceful_timeout, 0)
     _require_extra("serve", "serve", ["fastapi", "uvicorn"])  # before any model loads
     import uvicorn
 
     from .builder import build_engine, check_options
-    from .errors import ConfigError
     from .server.heap import freeze_startup_heap
     from .server.openai_api import ServerLimits, create_app
 
     options = _options(args, key_store=False, max_batch=args.max_batch)
     check_options(options)
-    if args.max_queue < 0 or not args.queue_timeout > 0 or args.max_tokens_limit < 1 or args.graceful_timeout < 0:
-        raise ConfigError(
-            "--max-queue must be >= 0, --queue-timeout > 0, --max-tokens-limit >= 1 and --graceful-timeout >= 0."
-        )
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}.")
     engine = build_engine(options)
     limits = ServerLimits(
         max_tokens=args.max_tokens_limit, max_waiting=args.max_queue, queue_timeout_s=args.queue_timeout

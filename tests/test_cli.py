@@ -124,8 +124,8 @@ def test_help_and_version_import_no_heavy_library() -> None:
         (["ask", "hi", "--model", "no-such-org/no-such-model"], "neither a local directory nor in the Hugging Face"),
         (["ask", "hi", "--device", "tpu"], "Unknown device 'tpu'"),
         (["ask", "hi", "--dtype", "float8"], "Unknown dtype 'float8'"),
-        (["ask", "hi", "--passages", "0"], "--passages: Input should be greater than or equal to 1"),
-        (["ask", "hi", "--max-new-tokens", "0"], "--max-new-tokens: Input should be greater than or equal to 1"),
+        (["ask", "hi", "--passages", "0"], "--passages must be at least 1, got 0."),
+        (["ask", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0."),
         (["ask", "hi", "--config", "/nonexistent.json"], "Config file /nonexistent.json does not exist"),
         (["index", "/nonexistent/docs", "--out", "/tmp/never"], "No such file or directory: /nonexistent/docs"),
     ],
@@ -135,6 +135,31 @@ def test_bad_arguments_exit_2_with_one_line_before_loading_anything(args, messag
     assert code == 2
     assert err.count("\n") == 0 and err.startswith(f"nest {args[0]}: error: ") and message in err, err
     assert heavy == []  # rejected before torch, transformers or the index libraries were imported
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ask", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0."),
+        (["ask", "hi", "--max-new-tokens", "-3"], "--max-new-tokens must be at least 1, got -3."),
+        (["ask", "hi", "--max-new-tokens", "40000"], "--max-new-tokens must be at most 32768, got 40000."),
+        (["ask", "hi", "--passages", "-1"], "--passages must be at least 1, got -1."),
+        (["ask", "hi", "--passages", "5000"], "--passages must be at most 1000, got 5000."),
+        (["serve", "--max-batch", "0"], "--max-batch must be at least 1, got 0."),
+        (["serve", "--max-queue", "-1"], "--max-queue must be at least 0, got -1."),
+        (["serve", "--max-tokens-limit", "0"], "--max-tokens-limit must be at least 1, got 0."),
+        (["serve", "--queue-timeout", "0"], "--queue-timeout must be more than 0, got 0.0."),
+        (["serve", "--queue-timeout", "nan"], "--queue-timeout must be more than 0, got nan."),
+        (["serve", "--graceful-timeout", "-1"], "--graceful-timeout must be at least 0, got -1."),
+        (["serve", "--port", "70000"], "--port must be at most 65535, got 70000."),
+    ],
+)
+def test_numeric_flags_out_of_range_exit_2_in_plain_words_before_loading_anything(args, message) -> None:
+    """Counts, limits and timeouts out of range name the flag and the range, not pydantic's wording."""
+    code, err, heavy = _run_cli(*args)
+    assert code == 2 and err == f"nest {args[0]}: error: {message}", err
+    assert "Input should" not in err and "Value error" not in err
+    assert heavy == []  # before torch, transformers or the index libraries were imported
 
 
 def test_path_arguments_of_the_wrong_kind_exit_2_before_loading_anything(tmp_path) -> None:

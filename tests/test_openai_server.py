@@ -432,3 +432,55 @@ def test_a_client_gone_before_its_body_arrived_is_not_a_server_error(server, cap
         time.sleep(1.0)
         assert httpx.get(f"{server}/health").json()["running"] == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_retrieve_model_gives_the_listed_model_and_an_openai_404_for_any_other(server, model_id) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    (listed,) = httpx.get(f"{server}/v1/models").json()["data"]
+    r = httpx.get(f"{server}/v1/models/{model_id}")
+    assert r.status_code == 200 and r.json() == listed
+    assert client.models.retrieve(model_id).model_dump(exclude_unset=True) == listed
+    missing = httpx.get(f"{server}/v1/models/gpt-9")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "message": f"The model 'gpt-9' does not exist; this server serves {model_id!r}.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.models.retrieve("gpt-9")
+    assert raised.value.code == "model_not_found"
+    # A Hugging Face id has a slash: the client sends it as %2F, raw clients as a plain "/".
+    stub = type("Stub", (), {"lm": type("LM", (), {"name": "org/some-model"})()})()
+    with running(create_app(stub)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert client.models.retrieve("org/some-model").id == "org/some-model"
+        assert httpx.get(f"{url}/v1/models/org/some-model").json()["id"] == "org/some-model"
+        assert httpx.get(f"{url}/v1/models/org").status_code == 404
+
+
+def test_image_parts_get_a_400_saying_so_and_text_parts_still_work(server, model_id) -> None:
+    question = {"type": "text", "text": QUESTION}
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/boulter.png"}}
+
+    def post(*parts: dict) -> httpx.Response:
+        body = {"model": model_id, "messages": [{"role": "user", "content": list(parts)}], "max_tokens": 4}
+        return httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+
+    for parts in ([image], [question, image]):
+        r = post(*parts)
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["type"] == "invalid_request_error", r.text
+        assert error["param"] == "messages.0.content"
+        assert "image parts are not supported (this model reads text only)" in error["message"], error
+        assert f'content part {parts.index(image)} has type "image_url"' in error["message"]
+        assert "valid string" not in error["message"]
+    audio = post({"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}).json()["error"]
+    assert 'type "input_audio", which is not supported' in audio["message"], audio
+    assert 'must be an object {"type": "text"' in post({"type": "text"}).json()["error"]["message"]
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="image parts are not supported"):
+        client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": [image]}], max_tokens=4)
+    ok = post(question, {"type": "text", "text": "Answer briefly."})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None

@@ -1,5 +1,5 @@
 """OpenAI-compatible HTTP API over a NestEngine: ``/v1/chat/completions`` (JSON and SSE),
-``/v1/models`` and ``/health``. Citations ride on the message as an extension field.
+``/v1/models``, ``/v1/models/{id}`` and ``/health``. Citations ride on the message as an extension field.
 
 Bodies are read and validated here (size, UTF-8, JSON, schema, and the engine's own ranges
 for every option) before any work starts, so every bad request gets a 4xx in OpenAI's error
@@ -168,9 +168,26 @@ def create_app(
     async def health() -> dict[str, Any]:
         return {"status": "ok", "running": admission.running, "waiting": admission.waiting}
 
+    model_card = {"id": model_id, "object": "model", "created": 0, "owned_by": "nest"}
+
+    def model_not_found(name: str) -> ApiError:
+        return ApiError(
+            404,
+            f"The model {name!r} does not exist; this server serves {model_id!r}.",
+            param="model",
+            code="model_not_found",
+        )
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "nest"}]}
+        return {"object": "list", "data": [dict(model_card)]}
+
+    # ``:path``: a Hugging Face id has a slash ("org/name"; clients send it as %2F, decoded before routing).
+    @app.get("/v1/models/{name:path}")
+    async def retrieve_model(name: str) -> dict[str, Any]:
+        if name != model_id:
+            raise model_not_found(name)
+        return dict(model_card)
 
     async def read_request(request: Request) -> ChatCompletionRequest:
         declared = request.headers.get("content-length")
@@ -204,12 +221,7 @@ def create_app(
         except RecursionError as e:
             raise ApiError(400, "Request body is nested too deeply.") from e
         if req.model != model_id:
-            raise ApiError(
-                404,
-                f"The model {req.model!r} does not exist; this server serves {model_id!r}.",
-                param="model",
-                code="model_not_found",
-            )
+            raise model_not_found(req.model)
         return req
 
     def generation_args(req: ChatCompletionRequest) -> tuple[list[Message], dict[str, Any]]:

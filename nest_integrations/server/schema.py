@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_SEED = 2**64 - 1
+# Content part types that carry an image (Chat Completions: image_url; Responses API: input_image).
+IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
 
 
 class TextPart(BaseModel):
@@ -22,6 +24,29 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        """A list of parts is checked here, part by part, so a client sending an image (or a
+        malformed part) is told so, not that its content "should be a valid string"."""
+        if not isinstance(value, list):
+            return value
+        for i, part in enumerate(value):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind in IMAGE_PART_TYPES:
+                raise ValueError(
+                    f"image parts are not supported (this model reads text only): content part {i} "
+                    f'has type "{kind}"; send the question as text'
+                )
+            if isinstance(kind, str) and kind != "text":
+                raise ValueError(
+                    f'content part {i} has type "{kind:.40}", which is not supported (this model reads '
+                    'text only; send "text" parts)'
+                )
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f'content part {i} must be an object {{"type": "text", "text": "..."}}')
+        return value
 
     def text(self) -> str:
         if self.content is None:
