@@ -36,6 +36,12 @@ __all__ = ["BatchLoop", "BatchScheduler", "DecodeJob"]
 
 log = logging.getLogger(__name__)
 
+# On a CPU, while rows share a batch, a new span's draft is verified 4 tokens first, then in
+# pieces of 32: a rejected new span is mostly rejected within its first few tokens, and the
+# rest of its piece would be computed in everyone's step for nothing (4 measured best of 4, 8
+# and 32 at 8 concurrent requests: +16% tokens/s, -20% p95; benchmarks/RESULTS.md, session 8).
+FIRST_PIECE_CPU = 4
+
 
 @dataclass
 class DecodeJob:
@@ -116,7 +122,8 @@ class BatchLoop:
         None: whole drafts. "auto": 32 on a CPU, where a forward costs about as much per token
         past ~8 tokens and one row's 64-token draft would make every row's step several times
         longer (32 measured best of 8-64 at 8 concurrent requests with free copying, session 7;
-        8 had been best with the sentence lock on, ``benchmarks/RESULTS.md``); None elsewhere."""
+        8 had been best with the sentence lock on, ``benchmarks/RESULTS.md``), a new span's first
+        piece ``FIRST_PIECE_CPU``; None elsewhere."""
         self.model = BatchedStepModel(lm, need_hidden=True)
         if (
             verify_chunk is not None
@@ -148,6 +155,10 @@ class BatchLoop:
             return 32 if self._cpu else None
         return self.verify_chunk
 
+    def _first_chunk(self) -> int | None:
+        """The first piece of a new span's draft ("auto" on a CPU: FIRST_PIECE_CPU), while pieces are in use."""
+        return FIRST_PIECE_CPU if self.verify_chunk == "auto" and self._cpu and len(self.rows) >= 2 else None
+
     def cancel(self, key: int) -> None:
         """Stop a job now (e.g. its client went away); the others are not disturbed."""
         row = self.rows.pop(key, None)
@@ -173,6 +184,7 @@ class BatchLoop:
         """Run a job's decoder until its next forward request, delivering its chunks."""
         row = self.rows[key]
         row.job.decoder.verify_chunk = self._chunk()
+        row.job.decoder.first_verify_chunk = self._first_chunk()
         try:
             event = row.events.send(output) if output is not None else next(row.events)
             while isinstance(event, DecodeStep):

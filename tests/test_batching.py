@@ -178,9 +178,11 @@ def test_generate_batch_equals_generate_for_each_prompt(engine, mixed_requests, 
     assert any(r.citations for r in batched)  # the comparison covers citations, not only plain text
 
 
-def test_drafts_verified_in_pieces_give_the_same_answers(engine, mixed_requests, alone, monkeypatch) -> None:
-    """A batch on a CPU verifies drafts 8 tokens a step; any piece size gives the same greedy
-    answer as whole drafts (a piece with a rejection ends the verification)."""
+@pytest.mark.parametrize("first", [None, 1, 2])
+def test_drafts_verified_in_pieces_give_the_same_answers(engine, mixed_requests, alone, monkeypatch, first) -> None:
+    """A batch on a CPU verifies a new span's draft 4 tokens first, then 32 a step; any piece
+    sizes give the same greedy answer as whole drafts (a piece with a rejection ends the
+    verification)."""
     from nest_integrations import decoding
 
     pieces = []
@@ -196,13 +198,15 @@ def test_drafts_verified_in_pieces_give_the_same_answers(engine, mixed_requests,
 
     def with_pieces(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.verify_chunk = 3
+        self.verify_chunk, self.first_verify_chunk = 3, first
 
     monkeypatch.setattr(decoding.NestDecoder, "__init__", with_pieces)
     for (prompt, given), whole in zip(mixed_requests, alone, strict=True):
         same_result(whole, engine.generate(prompt, passages=given, max_new_tokens=40))
     assert max(r.stats.mean_accepted_span for r in alone) > 3  # spans longer than a piece were accepted
     assert pieces and max(pieces) <= 3
+    if first is not None:
+        assert first in pieces  # new spans did start with the short piece
 
 
 def test_generate_batch_applies_stop_strings_and_grounded_only_per_row(engine, boulter_passages) -> None:
