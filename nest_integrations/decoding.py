@@ -362,10 +362,11 @@ class NestDecoder:
         # ``verify_chunk`` tokens (all at once when None); a piece with a rejection ends it, so the
         # rest is never computed. The mixtures see the same masks either way (nothing is recorded
         # until the end), so the accepted prefix is the same as in one piece.
-        in_pieces = self.verify_chunk is not None and not self.cfg.do_sample
-        chunk = self.verify_chunk if in_pieces and self.verify_chunk is not None else n
-        short_first = in_pieces and new_span and self.first_verify_chunk is not None
-        first = min(chunk, self.first_verify_chunk) if short_first and self.first_verify_chunk else chunk
+        chunk = first = n
+        if self.verify_chunk is not None and not self.cfg.do_sample:
+            chunk = first = self.verify_chunk
+            if new_span and self.first_verify_chunk is not None:  # ``new_span``: not a continuation
+                first = min(chunk, self.first_verify_chunk)
         after = _Rows()
         accepted = 1
         while len(after) < n and accepted == len(after) + 1:
