@@ -108,9 +108,13 @@ class ClaimTracker:
         passages: Sequence[ScoredPassage],
         encoded: Sequence[EncodedPassage],
         duplicates: Mapping[int, Sequence[Passage]] | None = None,
+        lead: str = "",
     ) -> None:
-        """``duplicates``: passage index -> other passages with exactly its text (see ``sources.py``)."""
+        """``duplicates``: passage index -> other passages with exactly its text (see ``sources.py``);
+        ``lead``: text the output continues (a text-completion prompt; "" after a chat turn): the
+        output's first sentence begins in it ("Mary Miller, his sister," | " and ...")."""
         self.passages = passages
+        self.lead = lead[-300:]
         self.encoded = encoded
         self.duplicates = duplicates or {}
         self._closed_end = 0  # output end of the last closed run: a claim never grows back over it
@@ -332,9 +336,9 @@ class ClaimTracker:
         if joined(text, o0) or joined(text, o1) or joined(p.text, s0) or joined(p.text, s1):
             return None  # still inside a word or grapheme cluster (limits kept it from growing): not a quote
         breaks = self._breaks.get(run.passage) or self._breaks.setdefault(run.passage, SentenceBreaks(p.text))
-        if not _enters_like_its_source(text, o0, p.text, s0, p.title, breaks):
+        if not _enters_like_its_source(text, o0, p.text, s0, p.title, breaks, self.lead):
             start, end = breaks.sentence_at(s0)
-            if _names_another_subject(text, o0, f"{p.title} {p.text[start:end]}", subject_only=True):
+            if _names_another_subject(text, o0, f"{p.title} {p.text[start:end]}", subject_only=True, lead=self.lead):
                 # Another subject: the sentences after it go on about the source's ("He scored 112
                 # goals" after "Mary | (born 1970) is a footballer" from John's sentence): none is cited.
                 self._file(self._citation(text, run, o0, o1, s0, s1), listed=False)
@@ -447,7 +451,7 @@ class SentenceBreaks:
 
 
 def _enters_like_its_source(
-    out: Chars, o0: int, src: str, s0: int, title: str = "", breaks: SentenceBreaks | None = None
+    out: Chars, o0: int, src: str, s0: int, title: str = "", breaks: SentenceBreaks | None = None, lead: str = ""
 ) -> bool:
     """A claim that enters its source sentence midway says what that sentence says of what the
     output's sentence names before it: the output names (capitalised words, the sentence's
@@ -466,24 +470,27 @@ def _enters_like_its_source(
     entered = src[start:s0]
     if entered.count("(") > entered.count(")") or entered.count("[") > entered.count("]"):
         return False  # it enters inside a parenthesis: "The 1961) is a chemist" from "Anna Berg (born 1961) is ..."
-    if _names_another_subject(out, o0, f"{title} {src[start:end]}"):
+    if _names_another_subject(out, o0, f"{title} {src[start:end]}", lead=lead):
         return False  # the output's sentence names something its source sentence does not
     if not (source_word[0].isupper() or any(c.isdigit() for c in source_word)):
         return True  # after a common word: no subject to swap
-    word = _previous_word(out, o0)
+    at_output_start = o0 <= 300 and not out[:o0].strip()
+    word = _previous_word(lead, len(lead)) if at_output_start and lead else _previous_word(out, o0)
     if word is None:
         return False
     return word.lower() in {w.lower() for w in _WORD_RE.findall(src[start:s0])}
 
 
-def _names_another_subject(out: Chars, o0: int, source_sentence: str, *, subject_only: bool = False) -> bool:
+def _names_another_subject(
+    out: Chars, o0: int, source_sentence: str, *, subject_only: bool = False, lead: str = ""
+) -> bool:
     """Whether the output's sentence, before char ``o0``, names something (a capitalised word, its
     first too unless a stopword, or a number) that ``source_sentence`` does not have:
     "Tallahasaba, the | economic centre of Israel." from "It is the economic centre of Israel.".
     ``subject_only``: look at its first name alone ("Mary | (born 1970) is ..." from John's
     sentence names another subject; "Boulter is a British | actor." from "Boulter is an English
     actor." does not)."""
-    before = _sentence_before(out, o0)
+    before = _sentence_before(out, o0, lead)
     if subject_only:
         stop = stopwords()
         first = next((w for w in _WORD_RE.findall(before) if w[0].isupper() and w.lower() not in stop), None)
@@ -512,9 +519,12 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_"  # what ``\\w`` matches in a str pattern (re docs)
 
 
-def _sentence_before(text: Chars, end: int) -> str:
-    """The output's sentence up to char ``end`` (at most 300 chars of it)."""
+def _sentence_before(text: Chars, end: int, lead: str = "") -> str:
+    """The output's sentence up to char ``end`` (at most 300 chars of it), from in ``lead`` (the
+    text the output continues) when it began there."""
     before = text[max(0, end - 300) : end]
+    if end <= 300 and lead:
+        before = lead + before
     return before[_after_last_break(before) :]
 
 

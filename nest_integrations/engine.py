@@ -21,7 +21,16 @@ from .citations import NestResult, NestStats
 from .config import NestConfig, default_config, with_overrides
 from .decoding import NestDecoder
 from .errors import ConfigError, InvalidPassagesError, InvalidPromptError, PromptTooLongError
-from .lm import DEFAULT_MODEL, LoadedLM, Message, build_prompt_ids, last_user_text, load_lm, normalize_messages
+from .lm import (
+    DEFAULT_MODEL,
+    LoadedLM,
+    Message,
+    build_prompt_ids,
+    completion_text,
+    last_user_text,
+    load_lm,
+    normalize_messages,
+)
 from .passages.retriever import PassageRetriever, StaticRetriever
 from .passages.types import Passage, ScoredPassage
 from .sources import SourceSelection, select_sources
@@ -290,7 +299,10 @@ class NestEngine:
         ids = self._fits(list(prompt_ids)) if prompt_ids is not None else self._prompt_ids(messages, chat)
         if query is not None and not isinstance(query, str):
             raise InvalidPromptError(f"query must be a string, got {type(query).__name__}")
-        return partial(self._prepare, query or last_user_text(messages), ids, cfg, _passage_list(passages), stream)
+        # A text-completion prompt is where the answer's first sentence begins (claims read its subject there).
+        lead = (completion_text(self.lm.tokenizer, messages, chat=chat) or "") if prompt_ids is None else ""
+        query = query or last_user_text(messages)
+        return partial(self._prepare, query, ids, cfg, _passage_list(passages), stream, lead)
 
     def call_config(self, **overrides: Any) -> NestConfig:
         """The engine's config with per-call overrides applied; raises ``ConfigError`` on bad values."""
@@ -397,8 +409,10 @@ class NestEngine:
         cfg: NestConfig,
         given: Sequence[Passage | ScoredPassage] | None,
         stream: bool = True,
+        lead: str = "",
     ) -> DecodeJob | NestChunk:
-        """Select sources and build the token index: a job ready to decode, or an abstention."""
+        """Select sources and build the token index: a job ready to decode, or an abstention.
+        ``lead``: the text-completion prompt the answer continues ("" after a chat turn)."""
         stats = NestStats(prompt_tokens=len(prompt_ids))
         t0 = time.perf_counter()
         sources = self._select(query, given, cfg)
@@ -427,6 +441,7 @@ class NestEngine:
             sources.duplicates,
             stream=stream,
             to_source=sources.to_source if sources.originals else None,
+            lead=lead,
         )
         # Generation stops at the context limit (documented).
         budget = min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))

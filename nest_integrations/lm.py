@@ -453,11 +453,16 @@ def last_user_text(messages: Sequence[Message]) -> str:
 
 def build_prompt_ids(tokenizer: Any, messages: Sequence[Message], *, chat: bool | None = None) -> list[int]:
     """Token ids of the prompt, through the tokenizer's chat template when it has one."""
-    use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
-    if use_chat:
+    text = completion_text(tokenizer, messages, chat=chat)
+    if text is None:
         ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
         if hasattr(ids, "keys"):  # BatchEncoding in transformers 5
             ids = ids["input_ids"]
         return [int(i) for i in ids]
-    text = "\n\n".join(m["content"] for m in messages)
     return [int(i) for i in tokenizer(text)["input_ids"]]
+
+
+def completion_text(tokenizer: Any, messages: Sequence[Message], *, chat: bool | None = None) -> str | None:
+    """The text the LM continues as it is (text completion), or None when the chat template is used."""
+    use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    return None if use_chat else "\n\n".join(m["content"] for m in messages)

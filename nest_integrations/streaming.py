@@ -50,15 +50,17 @@ class AnswerAssembler:
         *,
         stream: bool = True,
         to_source: Callable[[Citation], Citation] | None = None,
+        lead: str = "",
     ) -> None:
         """``to_source``: maps a citation of a searched passage to the passage the user gave (an
-        NFC copy's citation to the original: ``SourceSelection.to_source``); None: they are the same."""
+        NFC copy's citation to the original: ``SourceSelection.to_source``); None: they are the same.
+        ``lead``: the text-completion prompt the answer continues (see ``ClaimTracker``)."""
         self.eos = eos
         self._to_source = to_source
         self.stream = stream
         self.detok = IncrementalDetokenizer(tokenizer)
         self.stops = StopScanner(stops)
-        self.claims = ClaimTracker(passages, encoded, duplicates)
+        self.claims = ClaimTracker(passages, encoded, duplicates, lead)
         self.provenance: list[Provenance | None] = []
         self.stop_at: int | None = None  # char where a stop string begins, once one is seen
         self._released = 0  # chars of text streamed so far

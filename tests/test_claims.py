@@ -581,3 +581,30 @@ def test_a_sentence_that_goes_on_after_its_copy_with_words_its_source_lacks_cite
     # A copy running to the end of the output (cut by the token limit) has nothing after it.
     text, tracker = _track(source, pieces, copied)
     assert [c.quote for c in tracker.citations] == ["Peter Hall retired to"], text
+
+
+def test_in_text_completion_the_prompt_names_the_subject_of_the_first_sentence() -> None:
+    # Break-test case: prompt "Mary Miller, his sister," continued with " and their son, | an American
+    # jazz trumpeter ..." copied from John Miller's sentence: the sentence is about Mary's family.
+    source = "John Miller is an American jazz trumpeter who recorded twelve albums."
+    pieces = re.findall(r"\s*[^\s.]+|\.", source)
+    at = pieces.index(" an")
+    out = [(" and their son,", None), *[(pieces[i], i) for i in range(at, len(pieces))]]
+    passage = ScoredPassage(passage=Passage(id="p0", text=source, title="Miller family"))
+    results = {}
+    for lead in ("", "Mary Miller, his sister,", "John Miller, born in Ohio,", "Mary Miller sings. John,"):
+        tracker = ClaimTracker([passage], [_encoded(source, pieces)], lead=lead)
+        text = ""
+        for piece, position in out:
+            start = len(text)
+            text += piece
+            tracker.add(text, None if position is None else Provenance(0, position, 0.9), start, len(text))
+        tracker.finish(text)
+        results[lead] = [c.quote for c in tracker.citations]
+    quote = "an American jazz trumpeter who recorded twelve albums."
+    assert results == {
+        "": [quote],  # a chat answer: nothing before the copy names anyone
+        "Mary Miller, his sister,": [],  # Mary is not in John's sentence
+        "John Miller, born in Ohio,": [],  # Ohio is not in it either: a name it lacks
+        "Mary Miller sings. John,": [quote],  # the prompt's last sentence only
+    }, results
