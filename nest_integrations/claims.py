@@ -386,14 +386,14 @@ class ClaimTracker:
         return list(dict.fromkeys(ids))
 
 
-_SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|\n")
+_SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|[\u3002\uff01\uff1f]|\n")  # CJK full stops need no space after them
 # For the splice check, where a missed end only makes a sentence longer (stricter), never hides
 # a splice: no end after an initial ("John A. Whitfield") or a common abbreviation ("St. Louis").
 _CLAIM_SENTENCE_END = re.compile(  # the mark first, then what comes before it: fast on long text
     r"[.!?](?<!\b[A-Z].)(?<!\b(?:St|Mr|Ms|Dr|Jr|Sr|Mt|No|vs|Co|Mo).)(?<!\b(?:Mrs|etc|Inc|Ltd|Gen|Col|Rev|Fig).)"
-    r"(?<!\b(?:e\.g|i\.e).)(?=\s)|\n"
+    r"(?<!\b(?:e\.g|i\.e).)(?=\s)|[\u3002\uff01\uff1f]|\n"
 )
-_SENTENCE_BREAK_REVERSED = re.compile(r"\n|(?<=\s)[.!?]")  # _SENTENCE_BREAK read from the end
+_SENTENCE_BREAK_REVERSED = re.compile(r"\n|[\u3002\uff01\uff1f]|(?<=\s)[.!?]")  # _SENTENCE_BREAK read from the end
 
 
 def _after_last_break(text: str) -> int:
@@ -423,7 +423,7 @@ def _previous_word(text: Chars, end: int) -> str | None:
     """The word before char ``end`` within its sentence, as written (None at a sentence start)."""
     before = text[max(0, end - 200) : end]
     stripped = before.rstrip()
-    if not stripped or stripped[-1] in ".!?" or before.rstrip(" \t")[-1:] == "\n":
+    if not stripped or stripped[-1] in ".!?\u3002\uff01\uff1f" or before.rstrip(" \t")[-1:] == "\n":
         return None
     return last_word(before)
 
@@ -435,7 +435,7 @@ class SentenceBreaks:
     def __init__(self, text: str) -> None:
         self.length = len(text)
         marks = sorted(
-            [(m.start(), m.end()) for m in re.finditer(r"[.!?] ", text)]
+            [(m.start(), m.end()) for m in re.finditer(r"[.!?] |[\u3002\uff01\uff1f]", text)]
             + [(m.start(), m.end()) for m in re.finditer("\n", text)]
         )
         self._at = [a for a, _ in marks]  # where each break starts

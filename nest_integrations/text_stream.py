@@ -25,7 +25,17 @@ _MAX_PENDING_TOKENS = 6
 _JOINERS = "'’-\u200d"  # inside a word when between word characters: "Nero's", "pre-war"
 
 
-_NON_WORD, _WORD_CHAR, _MARK = 0, 1, 2
+_NON_WORD, _WORD_CHAR, _MARK, _SOLO = 0, 1, 2, 3
+# Scripts written without spaces between words: each of their characters is a word of its own
+# (Unicode's default word boundaries, UAX #29, break between ideographs), so a quote can start
+# and end inside a run of them; else a copy inside "東京タワーは..." had no boundary to snap to.
+# Their blocks: Thai, Lao, Myanmar, Khmer, Hiragana + Katakana, Katakana ext., CJK ext. A, CJK,
+# CJK compatibility, half-width Katakana, CJK ext. B-G. Only word chars of them count (not "・").
+_SOLO_RANGES = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f"
+)
+_SOLO_SCRIPT = re.compile(f"[{_SOLO_RANGES}]")
 _KINDS: dict[str, int] = {}  # char -> its kind, filled as chars are met (joined() runs per citation edge)
 
 
@@ -35,6 +45,8 @@ def _kind(c: str) -> int:
         # Letters, digits and combining marks are word chars: "e" + U+0301 is one unit, never split.
         if unicodedata.category(c).startswith("M"):
             kind = _MARK
+        elif not c.isascii() and (c.isalnum() and _SOLO_SCRIPT.match(c)):
+            kind = _SOLO
         else:
             kind = _WORD_CHAR if c.isalnum() or c == "_" else _NON_WORD
         if len(_KINDS) < 1 << 16:  # bounded: text of every script at once cannot grow it without end
@@ -51,6 +63,8 @@ def joined(text: Chars, i: int) -> bool:
     if r == _MARK:
         return True  # a combining mark belongs to the character before it
     lk = _kind(left)
+    if lk == _SOLO or r == _SOLO:
+        return False  # a boundary between any two chars of a script without spaces
     if lk and r:
         return True
     if left in _JOINERS and i >= 2 and _kind(text[i - 2]) and r:
@@ -78,7 +92,9 @@ def _inside_grapheme(text: Chars, i: int) -> bool:
     return False
 
 
-_WORD = re.compile(r"\w+(?:['’\-]\w+)*")  # "Nero's" and "pre-war" are one word each
+# "Nero's" and "pre-war" are one word each; so is each word char of a script without spaces.
+_WORD_PART = f"(?:(?![{_SOLO_RANGES}])\\w)+"
+_WORD = re.compile(f"(?=[{_SOLO_RANGES}])\\w|{_WORD_PART}(?:['’\\-]{_WORD_PART})*")
 
 
 def word_count(text: str, at_most: int | None = None) -> int:

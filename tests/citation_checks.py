@@ -27,7 +27,7 @@ def assert_citations_exact(result: NestResult, documents: dict[str, str] | None 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """Sentences of ``text`` as char ranges: split after . ! ? followed by whitespace, and at newlines."""
     spans, start = [], 0
-    for m in re.finditer(r"(?<=[.!?])\s+|\n+", text):
+    for m in re.finditer(r"(?<=[.!?])\s+|\n+|(?<=[\u3002\uff01\uff1f])\s*", text):
         if m.start() > start:
             spans.append((start, m.start()))
         start = m.end()

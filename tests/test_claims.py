@@ -343,13 +343,13 @@ def test_after_a_misstated_first_sentence_the_next_source_sentence_is_still_cite
 def test_last_word_and_capped_word_count_agree_with_a_full_split() -> None:
     import random
 
-    from nest_integrations.text_stream import last_word, word_count
+    from nest_integrations.text_stream import _WORD, last_word, word_count
 
     rng = random.Random(0)
     alphabet = [*"ab1_ -’'.,\n\tÉé", "\u0301", "\u200d", "語"]
     for _ in range(20000):  # texts past the first tail windows (32, 128 chars) and shorter ones
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 300)))
-        words = re.findall(r"\w+(?:['’\-]\w+)*", text)
+        words = _WORD.findall(text)  # r"\w+(?:['’\-]\w+)*", each char of a script without spaces alone
         assert last_word(text) == (words[-1] if words else None), text
         cap = rng.randrange(0, 4)
         assert word_count(text, cap) == min(cap, len(words)) and word_count(text) == len(words)
@@ -361,7 +361,10 @@ def test_joined_treats_marks_joiners_and_scripts_as_the_definition_says() -> Non
     assert joined(word, len(word) - 1) and not joined(word + " x", len(word))
     assert joined("Nero's", 4) and joined("Nero's", 5) and not joined("Nero 's", 5)
     assert joined("pre-war", 3) and not joined("pre- war", 4)
-    assert joined("中村", 1) and joined("٣٤", 1) and not joined("a.b", 1) and not joined("a", 0)
+    assert joined("٣٤", 1) and not joined("a.b", 1) and not joined("a", 0)
+    # Scripts without spaces: each char is a word of its own (UAX #29 breaks between ideographs).
+    assert not joined("中村", 1) and not joined("東京タワー", 2) and not joined("ไทย", 1)
+    assert joined("ที่", 1)  # a Thai vowel sign is a combining mark: it stays with its consonant
 
 
 def test_a_claim_entering_midway_is_not_cited_after_names_its_source_sentence_lacks() -> None:
@@ -608,3 +611,20 @@ def test_in_text_completion_the_prompt_names_the_subject_of_the_first_sentence()
         "John Miller, born in Ohio,": [],  # Ohio is not in it either: a name it lacks
         "Mary Miller sings. John,": [quote],  # the prompt's last sentence only
     }, results
+
+
+def test_a_copy_inside_text_without_spaces_is_cited_and_ends_a_sentence_at_a_cjk_full_stop() -> None:
+    # Break-test case: a Japanese answer copied 39 of 40 tokens, yet no citation or fragment came
+    # back: the copy started and ended inside runs of kana and kanji, which had no word boundary.
+    source = "東京タワーは東京都港区にある電波塔である。1958年に完成した。高さは333メートルである。"
+    pieces = list(source)
+    start = source.index("タ")
+    out = [(pieces[i], i) for i in range(start, source.index("塔") + 1)]  # "タワーは...電波塔" (no 。)
+    out += [("だ。", None), *[(pieces[i], i) for i in range(source.index("高"), len(pieces))]]
+    text, tracker = _track(source, pieces, out)
+    assert text == "タワーは東京都港区にある電波塔だ。高さは333メートルである。"
+    # The first sentence goes on after its copy with a word the source lacks there ("だ" for "で").
+    assert [c.quote for c in tracker.fragments] == ["タワーは東京都港区にある電波塔"]
+    assert [c.quote for c in tracker.citations] == ["高さは333メートルである。"]
+    for c in tracker.citations + tracker.fragments:
+        assert text[c.output_start : c.output_end] == source[c.passage_start : c.passage_end] == c.quote

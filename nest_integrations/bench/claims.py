@@ -36,7 +36,7 @@ from ..citations import Citation, NestResult
 from ..passages.types import Passage, ScoredPassage
 from ..text_stream import word_count
 
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[\u3002\uff01\uff1f]|\n")
 MIN_SUBSTANTIVE_WORDS = 2
 
 
