@@ -126,6 +126,7 @@ class ClaimTracker:
         self._no_break_before = 0  # no sentence break starts in the output before here (searched)
         self._spans: dict[int, tuple[list[int], list[int]]] = {}
         self._breaks: dict[int, SentenceBreaks] = {}  # per passage cited from
+        self._text_of = {s.passage.id: s.passage.text for s in passages}  # passage id -> its text
 
     def _token_spans(self, passage: int) -> tuple[list[int], list[int]]:
         """Char range of each token of a passage in its text (negative: in the title before it)."""
@@ -250,7 +251,7 @@ class ClaimTracker:
         gap = after.output_start - before.output_end
         if after.passage_id != before.passage_id or gap < 0 or after.passage_start - before.passage_end != gap:
             return False
-        source = next(s.passage.text for s in self.passages if s.passage.id == before.passage_id)
+        source = self._text_of[before.passage_id]
         return text[before.output_end : after.output_start] == source[before.passage_end : after.passage_start]
 
     def _broken_off(self, text: Chars, copy: Citation, end: int) -> bool:
@@ -262,9 +263,8 @@ class ClaimTracker:
         tail = text[copy.output_end : end]
         if not any(ch.isalnum() for ch in tail):
             return False  # only punctuation or whitespace after the copy
-        source = next(s.passage.text for s in self.passages if s.passage.id == copy.passage_id)
-        same = source[copy.passage_end : copy.passage_end + len(tail)]
-        k = next((i for i, (a, b) in enumerate(zip(tail, same, strict=False)) if a != b), min(len(tail), len(same)))
+        source = self._text_of[copy.passage_id]
+        k = _common_prefix(tail, source[copy.passage_end : copy.passage_end + len(tail)])
         return any(ch.isalnum() for ch in tail[k:])
 
     def _sentence_end(self, text: Chars, begin: int, upto: int) -> int | None:
@@ -324,7 +324,7 @@ class ClaimTracker:
         if out != src:
             # The run's last token ended inside a character that the output finished differently (a
             # byte-level token holding " " and the first bytes of U+200B, say): quote the part that matches.
-            same = next((i for i, (a, b) in enumerate(zip(out, src, strict=False)) if a != b), min(len(out), len(src)))
+            same = _common_prefix(out, src)
             log.debug("cutting a run whose output %r != source %r after %d chars", out, src, same)
             if same == 0:
                 return None
@@ -386,14 +386,15 @@ class ClaimTracker:
         return list(dict.fromkeys(ids))
 
 
-_SENTENCE_BREAK = re.compile(r"[.!?](?=\s)|[\u3002\uff01\uff1f]|\n")  # CJK full stops need no space after them
+_CJK_STOPS = "\u3002\uff01\uff1f"  # 。！？: they end a sentence with no space after them
+_SENTENCE_BREAK = re.compile(rf"[.!?](?=\s)|[{_CJK_STOPS}]|\n")
 # For the splice check, where a missed end only makes a sentence longer (stricter), never hides
 # a splice: no end after an initial ("John A. Whitfield") or a common abbreviation ("St. Louis").
 _CLAIM_SENTENCE_END = re.compile(  # the mark first, then what comes before it: fast on long text
     r"[.!?](?<!\b[A-Z].)(?<!\b(?:St|Mr|Ms|Dr|Jr|Sr|Mt|No|vs|Co|Mo).)(?<!\b(?:Mrs|etc|Inc|Ltd|Gen|Col|Rev|Fig).)"
-    r"(?<!\b(?:e\.g|i\.e).)(?=\s)|[\u3002\uff01\uff1f]|\n"
+    rf"(?<!\b(?:e\.g|i\.e).)(?=\s)|[{_CJK_STOPS}]|\n"
 )
-_SENTENCE_BREAK_REVERSED = re.compile(r"\n|[\u3002\uff01\uff1f]|(?<=\s)[.!?]")  # _SENTENCE_BREAK read from the end
+_SENTENCE_BREAK_REVERSED = re.compile(rf"\n|[{_CJK_STOPS}]|(?<=\s)[.!?]")  # _SENTENCE_BREAK read from the end
 
 
 def _after_last_break(text: str) -> int:
@@ -423,7 +424,7 @@ def _previous_word(text: Chars, end: int) -> str | None:
     """The word before char ``end`` within its sentence, as written (None at a sentence start)."""
     before = text[max(0, end - 200) : end]
     stripped = before.rstrip()
-    if not stripped or stripped[-1] in ".!?\u3002\uff01\uff1f" or before.rstrip(" \t")[-1:] == "\n":
+    if not stripped or stripped[-1] in ".!?" + _CJK_STOPS or before.rstrip(" \t")[-1:] == "\n":
         return None
     return last_word(before)
 
@@ -435,7 +436,7 @@ class SentenceBreaks:
     def __init__(self, text: str) -> None:
         self.length = len(text)
         marks = sorted(
-            [(m.start(), m.end()) for m in re.finditer(r"[.!?] |[\u3002\uff01\uff1f]", text)]
+            [(m.start(), m.end()) for m in re.finditer(rf"[.!?] |[{_CJK_STOPS}]", text)]
             + [(m.start(), m.end()) for m in re.finditer("\n", text)]
         )
         self._at = [a for a, _ in marks]  # where each break starts
@@ -526,6 +527,11 @@ def _sentence_before(text: Chars, end: int, lead: str = "") -> str:
     if end <= 300 and lead:
         before = lead + before
     return before[_after_last_break(before) :]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """How many leading chars ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _is_claim(c: Citation) -> bool:

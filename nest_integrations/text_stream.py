@@ -45,7 +45,7 @@ def _kind(c: str) -> int:
         # Letters, digits and combining marks are word chars: "e" + U+0301 is one unit, never split.
         if unicodedata.category(c).startswith("M"):
             kind = _MARK
-        elif not c.isascii() and (c.isalnum() and _SOLO_SCRIPT.match(c)):
+        elif not c.isascii() and c.isalnum() and _SOLO_SCRIPT.match(c):
             kind = _SOLO
         else:
             kind = _WORD_CHAR if c.isalnum() or c == "_" else _NON_WORD
@@ -76,7 +76,7 @@ def joined(text: Chars, i: int) -> bool:
     return _inside_grapheme(text, i)
 
 
-_GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster (Unicode UAX #29)
+GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster (Unicode UAX #29)
 
 
 def _inside_grapheme(text: Chars, i: int) -> bool:
@@ -86,7 +86,7 @@ def _inside_grapheme(text: Chars, i: int) -> bool:
     while lo > 0 and i - lo < 256 and not text[lo - 1].isascii():
         lo -= 1  # clusters start at an ASCII char (CR LF aside): start the search after one
     window = text[lo : min(len(text), i + 1)]
-    for m in _GRAPHEME.finditer(window):
+    for m in GRAPHEME.finditer(window):
         if lo + m.end() >= i:
             return lo + m.end() > i
     return False

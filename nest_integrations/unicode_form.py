@@ -15,12 +15,9 @@ import bisect
 import unicodedata
 from dataclasses import dataclass
 
-import regex
-
 from .citations import Citation
 from .passages.types import Passage
-
-_GRAPHEME = regex.compile(r"\X")  # extended grapheme clusters (UAX #29): NFC never composes across them
+from .text_stream import GRAPHEME  # NFC never composes across grapheme clusters
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ def nfc_copy(passage: Passage) -> tuple[Passage, OffsetMap] | None:
     if unicodedata.is_normalized("NFC", text) and unicodedata.is_normalized("NFC", title):
         return None
     nfc_bounds, source_bounds, pieces = [0], [0], []
-    for m in _GRAPHEME.finditer(text):
+    for m in GRAPHEME.finditer(text):
         piece = unicodedata.normalize("NFC", m.group())
         pieces.append(piece)
         nfc_bounds.append(nfc_bounds[-1] + len(piece))
