@@ -86,14 +86,17 @@ class NestConfig(BaseModel):
             "query. Queries without key terms are not gated (0: never gate, as in the paper)."
         ),
     )
-    passage_relevance: Literal["score", "query_terms", "both"] = Field(
+    passage_relevance: Literal["score", "query_terms", "both", "score_led"] = Field(
         "both",
         description=(
             "What passage relevance is measured by: the first stage's scores, the rarity-weighted share of the "
             "query's content words in the passage, or the smaller of both. Scores are min-max scaled over the "
             "retrieved passages, so 'score' always leaves the last-ranked source out; 'both' keeps the query "
-            "words' relevance for a source that names every name and number of the query. Without scores "
-            "(a retriever that gives none), the score signal says 1 and 'both' is 'query_terms'."
+            "words' relevance for a source that names every name and number of the query. 'score_led': 'both', "
+            "but when the best-scored source names every name and number of the query the scores rank the others "
+            "that do too (for a first stage whose scores rank paragraphs of one article well, e.g. "
+            "HybridRetriever(fusion='convex')). Without scores (a retriever that gives none), the score signal "
+            "says 1 and 'both' is 'query_terms'."
         ),
     )
     passage_prior: float = Field(

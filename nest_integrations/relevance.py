@@ -30,7 +30,7 @@ import torch
 from .passages.stopwords import stopwords
 from .passages.types import Passage
 
-RelevanceSignal = Literal["score", "query_terms", "both"]
+RelevanceSignal = Literal["score", "query_terms", "both", "score_led"]
 
 _WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -148,6 +148,11 @@ def passage_relevance(
     always put the last-ranked source at 0, and must not drop the source the query asks about
     ("Tell me about Lars Berg." ranked below Anna Berg's biography). Without scores (None, any
     None, or all equal) the score signal says nothing and counts as 1.
+
+    ``score_led`` is ``both``, but the names guard holds only when the first stage's best-scored
+    source misses a key term. When it names everything, the scores are trusted. Then the other
+    sources that also name everything (the sibling paragraphs of one article, which share its
+    names) are ranked by score too, not rated alike.
     """
     given = [s for s in scores or () if s is not None]
     by_score = relative_scores(given) if scores is not None and len(given) == len(scores) else torch.ones(len(passages))
@@ -158,6 +163,8 @@ def passage_relevance(
         return per_source(by_terms, passages)
     both = torch.minimum(by_score, by_terms)
     named = _names_everything(query, passages)
+    if signal == "score_led" and bool(named[int(torch.argmax(by_score))]):
+        return per_source(both, passages)
     return per_source(torch.where(named, by_terms, both), passages)
 
 

@@ -1,7 +1,9 @@
+import json
+
 import pytest
 
 from nest_integrations import HybridRetriever, Passage
-from nest_integrations.passages import fuse_scores
+from nest_integrations.passages import convex_fusion, fuse_scores
 from nest_integrations.passages.embedder import SentenceEmbedder
 
 PASSAGES = [
@@ -57,6 +59,65 @@ def test_loading_a_non_index_directory_says_how_to_build_one(tmp_path) -> None:
 def test_fusion_is_bm25_plus_weighted_dense_with_lowest_score_for_missing() -> None:
     fused = fuse_scores({1: 0.9, 2: 0.5}, {2: 10.0, 3: 4.0}, dense_weight=0.3)
     assert fused == pytest.approx({1: 4.0 + 0.27, 2: 10.0 + 0.15, 3: 4.0 + 0.15})
+
+
+def test_convex_fusion_scales_each_list_and_weights_them() -> None:
+    # dense 0.9 / 0.5 -> 1 / 0; bm25 10 / 4 -> 1 / 0; a passage missing from a list gets its lowest (0).
+    fused = convex_fusion({1: 0.9, 2: 0.5}, {2: 10.0, 3: 4.0}, dense_weight=0.25)
+    assert fused == pytest.approx({1: 0.25 * 1.0, 2: 0.75 * 1.0 + 0.25 * 0.0, 3: 0.0})
+    assert convex_fusion({4: 0.3}, {}, 0.5) == {4: 0.5}  # one candidate: it is the list's best
+    assert convex_fusion({}, {}, 0.5) == {}
+
+
+def test_a_clear_dense_preference_outweighs_a_small_bm25_one_only_when_scaled() -> None:
+    # BM25 scores run to tens, cosines to 1: summed raw, a 0.2 BM25 lead beats a 0.6 cosine lead.
+    dense = {1: 0.9, 2: 0.3, 3: 0.2}
+    bm25 = {1: 12.0, 2: 12.2, 3: 2.0}
+    summed = fuse_scores(dense, bm25, 0.3)
+    scaled = convex_fusion(dense, bm25, 0.5)
+    assert max(summed, key=summed.__getitem__) == 2
+    assert max(scaled, key=scaled.__getitem__) == 1
+
+
+def test_convex_fusion_scores_are_in_0_1_and_sum_stays_the_default(embedder: SentenceEmbedder) -> None:
+    convex = HybridRetriever(PASSAGES, embedder=embedder, fusion="convex")
+    summed = HybridRetriever(PASSAGES, embedder=embedder)
+    assert (summed.fusion, summed.dense_weight, convex.dense_weight) == ("sum", 0.3, 0.5)
+    assert all(0.0 <= s.score <= 1.0 for s in convex.retrieve("the capital of Italy", 3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fusion": "rrf"}, "fusion must be one of sum, convex"),
+        ({"fusion": "convex", "dense_weight": 1.5}, r"in \[0, 1\]"),
+        ({"fusion": "convex", "dense_weight": float("nan")}, r"in \[0, 1\]"),
+        ({"dense_weight": -1.0}, "finite and >= 0"),
+        ({"dense_weight": float("inf")}, "finite and >= 0"),
+    ],
+)
+def test_bad_fusion_settings_are_refused(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        HybridRetriever(PASSAGES, embedder=None, **kwargs)
+
+
+def test_fusion_round_trips_and_an_index_saved_before_it_loads_as_sum(tmp_path, embedder) -> None:
+    HybridRetriever(PASSAGES, embedder=embedder, fusion="convex", dense_weight=0.7).save(tmp_path / "s")
+    loaded = HybridRetriever.load(tmp_path / "s", embedder=embedder)
+    assert (loaded.fusion, loaded.dense_weight) == ("convex", 0.7)
+    q = "pet animals"
+    fresh = HybridRetriever(PASSAGES, embedder=embedder, fusion="convex", dense_weight=0.7)
+    assert [s.passage.id for s in loaded.retrieve(q, 3)] == [s.passage.id for s in fresh.retrieve(q, 3)]
+    # Before fusion was a choice, meta.json held only the weight of the one fusion there was.
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["fusion"]
+    meta["dense_weight"] = 0.3
+    meta_path.write_text(json.dumps(meta))
+    old = HybridRetriever.load(tmp_path / "s", embedder=embedder)
+    assert (old.fusion, old.dense_weight) == ("sum", 0.3)
+    other = HybridRetriever.load(tmp_path / "s", embedder=embedder, fusion="convex")
+    assert (other.fusion, other.dense_weight) == ("convex", 0.5)
 
 
 def test_default_corpus_retrieval_finds_the_asked_article(corpus_retriever) -> None:

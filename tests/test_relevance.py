@@ -57,11 +57,26 @@ def test_a_low_score_never_drops_the_source_that_names_everything_the_query_name
     assert passage_relevance("Tell me about Lars Nilsson.", [anna, lars], [0.9, 0.8], "both").tolist()[1] == 0.0
 
 
-@pytest.mark.parametrize("signal", ["score", "query_terms", "both"])
+def test_score_led_trusts_the_scores_when_the_best_scored_source_names_everything() -> None:
+    # Two paragraphs of one article: both name "Lars Berg", so "both" rates them alike.
+    first = Passage(id="1", document_id="p1", title="Lars Berg", text="Lars Berg studied enzymes in Oslo.")
+    later = Passage(id="2", document_id="p2", title="Lars Berg", text="Lars Berg retired to Bergen in 1990.")
+    anna = Passage(id="a", document_id="a", title="Anna Berg", text="Anna Berg was a Swedish painter.")
+    query = "Where did Lars Berg study enzymes?"
+    both = passage_relevance(query, [first, later], [1.0, 0.2], "both").tolist()
+    assert both == [1.0, pytest.approx(0.589, abs=0.01)]
+    assert passage_relevance(query, [first, later], [1.0, 0.2], "score_led").tolist() == [1.0, 0.0]
+    # When the best-scored source misses a key term, the guard still keeps the one that names everything.
+    rel = passage_relevance("Tell me about Lars Berg.", [anna, later], [0.9, 0.8], "score_led").tolist()
+    assert rel == passage_relevance("Tell me about Lars Berg.", [anna, later], [0.9, 0.8], "both").tolist()
+    assert rel[1] == 1.0
+
+
+@pytest.mark.parametrize("signal", ["score", "query_terms", "both", "score_led"])
 def test_relevance_is_between_zero_and_one(signal) -> None:
     rel = passage_relevance("Robert baseball", [BOULTER, KERSHAW, ROBERT], [3.0, -1.0, 0.5], signal)
     assert rel.shape == (3,) and bool(((rel >= 0) & (rel <= 1)).all())
-    if signal != "both":  # the smaller of two signals need not reach 1 anywhere
+    if signal in ("score", "query_terms"):  # the smaller of two signals need not reach 1 anywhere
         assert float(rel.max()) == 1.0
 
 

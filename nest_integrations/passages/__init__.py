@@ -2,7 +2,7 @@
 pyserini's BM25 over a Lucene index (``LuceneRetriever``, the ``pyserini`` extra)."""
 
 from .chunking import approximate_token_count, chunk_document
-from .hybrid import DenseOnlyRetriever, HybridRetriever, fuse_scores
+from .hybrid import DenseOnlyRetriever, HybridRetriever, convex_fusion, fuse_scores
 from .lucene import LuceneFields, LuceneRetriever
 from .retriever import PassageRetriever, StaticRetriever
 from .types import Document, Passage, ScoredPassage
@@ -19,5 +19,6 @@ __all__ = [
     "StaticRetriever",
     "approximate_token_count",
     "chunk_document",
+    "convex_fusion",
     "fuse_scores",
 ]
