@@ -3,7 +3,7 @@ verbatim-supported share, with citation precision, attribution and speed, for NE
 behind the built-in and the "mixed" first stages, against (a) plain generate.
 
 Usage: python benchmarks/claims_entity.py [--entity 20] [--max-new-tokens 128] [--out DIR]
-    [--set FIELD=JSON ...] [--dtype bfloat16]
+    [--set FIELD=JSON ...] [--dtype bfloat16] [--fusion convex]
 The same columns as ``nest bench`` (which also has them), for only the systems they concern, so
 before/after runs are short. Systems run interleaved prompt by prompt; claims_entity.md / .json
 are rewritten after every prompt, so a stopped run keeps its figures so far.
@@ -23,6 +23,9 @@ from nest_integrations.bench.report import _fmt, summarize
 from nest_integrations.bench.run import machine
 from nest_integrations.bench.systems import Measurement, nest, plain_generate
 from nest_integrations.bench.tasks import entity_prompts
+from nest_integrations.index import default_index_dir
+from nest_integrations.passages import HybridRetriever
+from nest_integrations.passages.hybrid import FUSIONS
 
 COLUMNS = [
     ("system", "system"),
@@ -46,10 +49,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a NestConfig override")
     parser.add_argument("--dtype", help="the model's dtype (default: load_lm's choice for the device)")
+    parser.add_argument("--fusion", choices=FUSIONS, help="the built-in first stage's fusion (default: the index's)")
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     lm = load_lm(dtype=args.dtype)
-    engine = NestEngine(lm, retriever=default_retriever(tokenizer=lm.tokenizer, progress=False))
+    retriever = default_retriever(tokenizer=lm.tokenizer, progress=False)
+    if args.fusion:
+        retriever = HybridRetriever.load(default_index_dir(), fusion=args.fusion)
+    engine = NestEngine(lm, retriever=retriever)
     if overrides:
         engine = NestEngine(lm, retriever=engine.retriever, config=engine.call_config(**overrides))
     prompts = entity_prompts(args.entity, 0)
@@ -67,7 +74,8 @@ def main() -> None:
         lines = [
             f"## Claim-level quality, {i} of {len(prompts)} entity prompts (seed 0), {n} new tokens",
             "",
-            f"Machine: {machine()}. Model: {lm.name} ({lm.dtype}). Config: the model's default, overrides {overrides}.",
+            f"Machine: {machine()}. Model: {lm.name} ({lm.dtype}). Config: the model's default, "
+            f"overrides {overrides}; first-stage fusion {retriever.fusion}.",
             "",
             "| " + " | ".join(c for _, c in COLUMNS) + " |",
             "|" + "---|" * len(COLUMNS),

@@ -152,7 +152,11 @@ def passage_relevance(
     ``score_led`` is ``both``, but the names guard holds only when the first stage's best-scored
     source misses a key term. When it names everything, the scores are trusted. Then the other
     sources that also name everything (the sibling paragraphs of one article, which share its
-    names) are ranked by score too, not rated alike.
+    names) are ranked by score too, not rated alike. One is kept whatever its score: the
+    best-scored passage whose title names every key term, so that the page about what the query
+    names stays ("Tell me about Lars Berg." when Anna Berg's page, which mentions her brother
+    Lars Berg, scores best); the paragraphs of one article all share its title, and the others
+    are still ranked by score.
     """
     given = [s for s in scores or () if s is not None]
     by_score = relative_scores(given) if scores is not None and len(given) == len(scores) else torch.ones(len(passages))
@@ -164,7 +168,10 @@ def passage_relevance(
     both = torch.minimum(by_score, by_terms)
     named = _names_everything(query, passages)
     if signal == "score_led" and bool(named[int(torch.argmax(by_score))]):
-        return per_source(both, passages)
+        titled = _titles_name_everything(query, passages)
+        named = torch.zeros_like(named)
+        if bool(titled.any()):
+            named[int(torch.argmax(torch.where(titled, by_score, -1.0)))] = True
     return per_source(torch.where(named, by_terms, both), passages)
 
 
@@ -176,3 +183,11 @@ def _names_everything(query: str, passages: Sequence[Passage]) -> torch.Tensor:
         return torch.zeros(len(passages), dtype=torch.bool)
     found = _key_terms_by_source(wanted, passages)
     return torch.tensor([found[_source(i, p)] >= wanted for i, p in enumerate(passages)], dtype=torch.bool)
+
+
+def _titles_name_everything(query: str, passages: Sequence[Passage]) -> torch.Tensor:
+    """(n,) bool: the passage's title holds every key term of the query (False for all when it has none)."""
+    wanted = key_terms(query)
+    if not wanted:
+        return torch.zeros(len(passages), dtype=torch.bool)
+    return torch.tensor([wanted <= set(_words(p.title.lower())) for p in passages], dtype=torch.bool)

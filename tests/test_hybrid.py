@@ -94,11 +94,28 @@ def test_convex_fusion_scores_are_in_0_1_and_sum_stays_the_default(embedder: Sen
         ({"fusion": "convex", "dense_weight": float("nan")}, r"in \[0, 1\]"),
         ({"dense_weight": -1.0}, "finite and >= 0"),
         ({"dense_weight": float("inf")}, "finite and >= 0"),
+        ({"dense_weight": "0.5"}, "dense_weight must be a number"),
+        ({"dense_weight": True}, "dense_weight must be a number"),
     ],
 )
 def test_bad_fusion_settings_are_refused(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         HybridRetriever(PASSAGES, embedder=None, **kwargs)
+
+
+def test_bad_k_and_bad_weights_of_the_fusion_function_are_refused(tmp_path, embedder: SentenceEmbedder) -> None:
+    r = HybridRetriever(PASSAGES, embedder=embedder)
+    for retrieve in (r.retrieve, r.dense_retrieve, r.dense_only().retrieve):
+        assert retrieve("capital of Italy", 0) == []
+        for k in (-1, 1.5, True, "3"):
+            with pytest.raises(ValueError, match="k must be an integer >= 0"):
+                retrieve("capital of Italy", k)
+    for w in (-0.5, 1.5, float("nan"), float("inf"), "0.5", True):
+        with pytest.raises(ValueError, match="dense_weight must be a number in"):
+            convex_fusion({1: 0.5}, {1: 3.0}, w)
+    r.save(tmp_path / "idx")
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        HybridRetriever.load(tmp_path / "idx", fusion="")  # a bad value, not "the saved one"
 
 
 def test_fusion_round_trips_and_an_index_saved_before_it_loads_as_sum(tmp_path, embedder) -> None:

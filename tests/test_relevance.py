@@ -58,7 +58,8 @@ def test_a_low_score_never_drops_the_source_that_names_everything_the_query_name
 
 
 def test_score_led_trusts_the_scores_when_the_best_scored_source_names_everything() -> None:
-    # Two paragraphs of one article: both name "Lars Berg", so "both" rates them alike.
+    # Two paragraphs of one article: both name "Lars Berg", so "both" rates them alike. Both
+    # titles name him too: only the best-scored of them is kept whatever its score.
     first = Passage(id="1", document_id="p1", title="Lars Berg", text="Lars Berg studied enzymes in Oslo.")
     later = Passage(id="2", document_id="p2", title="Lars Berg", text="Lars Berg retired to Bergen in 1990.")
     anna = Passage(id="a", document_id="a", title="Anna Berg", text="Anna Berg was a Swedish painter.")
@@ -70,6 +71,16 @@ def test_score_led_trusts_the_scores_when_the_best_scored_source_names_everythin
     rel = passage_relevance("Tell me about Lars Berg.", [anna, later], [0.9, 0.8], "score_led").tolist()
     assert rel == passage_relevance("Tell me about Lars Berg.", [anna, later], [0.9, 0.8], "both").tolist()
     assert rel[1] == 1.0
+    # A break test's case: the best-scored page names Lars Berg in passing; his own page (its title
+    # names him) must not be dropped by its score.
+    sister = Passage(id="s", document_id="s", title="Anna Berg", text="Her brother Lars Berg taught her to paint.")
+    rel = passage_relevance("Tell me about Lars Berg.", [sister, later], [0.9, 0.2], "score_led").tolist()
+    assert rel[1] == 1.0
+    untitled = later.model_copy(update={"title": ""})
+    assert passage_relevance("Tell me about Lars Berg.", [sister, untitled], [0.9, 0.2], "score_led").tolist() == [
+        1.0,
+        0.0,
+    ]
 
 
 @pytest.mark.parametrize("signal", ["score", "query_terms", "both", "score_led"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import operator
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -81,9 +82,7 @@ class HybridRetriever:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if dense_weight is None:
             dense_weight = DEFAULT_DENSE_WEIGHT[fusion]
-        if not math.isfinite(dense_weight) or dense_weight < 0 or (fusion == "convex" and dense_weight > 1):
-            bound = "in [0, 1]" if fusion == "convex" else "finite and >= 0"
-            raise ValueError(f"dense_weight must be {bound} for {fusion!r} fusion, got {dense_weight!r}")
+        _check_dense_weight(dense_weight, fusion)
         self.passages = list(passages)
         self.fusion: Fusion = fusion
         self.dense_weight = float(dense_weight)
@@ -118,7 +117,10 @@ class HybridRetriever:
         return len(self.passages)
 
     def retrieve(self, query: str, k: int) -> list[ScoredPassage]:
-        if not self.passages or not query.strip():
+        """The ``k`` best passages for ``query``, best first (fewer when the index holds fewer);
+        ``[]`` for k = 0 or a blank query. ``ValueError`` for a negative ``k``."""
+        k = _check_k(k)
+        if not k or not self.passages or not query.strip():
             return []
         n = min(len(self.passages), max(k, self.candidates))
         dense = self._dense_scores(query, n)
@@ -130,7 +132,8 @@ class HybridRetriever:
 
     def dense_retrieve(self, query: str, k: int) -> list[ScoredPassage]:
         """The dense ranking alone (cosine similarity), as a plain vector store would return it."""
-        if not self.passages or not query.strip():
+        k = _check_k(k)
+        if not k or not self.passages or not query.strip():
             return []
         best = sorted(self._dense_scores(query, min(k, len(self.passages))).items(), key=lambda kv: -kv[1])
         return [ScoredPassage(passage=self.passages[i], score=s) for i, s in best[:k]]
@@ -211,7 +214,7 @@ class HybridRetriever:
         if embedder is None and meta["embedder"] != "all-MiniLM-L6-v2":
             embedder = SentenceEmbedder(meta["embedder"])
         saved_fusion = meta.get("fusion")
-        chosen: Fusion = fusion or saved_fusion or "sum"
+        chosen: Fusion = fusion if fusion is not None else saved_fusion or "sum"
         if dense_weight is None and chosen == (saved_fusion or "sum"):
             dense_weight = meta["dense_weight"]
         return cls(
@@ -252,9 +255,31 @@ def fuse_scores(dense: dict[int, float], sparse: dict[int, float], dense_weight:
     return {i: sparse.get(i, low_sparse) + dense_weight * dense.get(i, low_dense) for i in set(dense) | set(sparse)}
 
 
+def _check_dense_weight(dense_weight: object, fusion: Fusion) -> None:
+    bound = "in [0, 1]" if fusion == "convex" else "finite and >= 0"
+    message = f"dense_weight must be a number {bound} for {fusion!r} fusion, got {dense_weight!r}"
+    if isinstance(dense_weight, bool) or not isinstance(dense_weight, (int, float)):
+        raise ValueError(message)
+    if not math.isfinite(dense_weight) or dense_weight < 0 or (fusion == "convex" and dense_weight > 1):
+        raise ValueError(message)
+
+
+def _check_k(k: int) -> int:
+    """``k`` as an int (numpy integers too); ``ValueError`` for a negative or non-integer one."""
+    try:
+        n = operator.index(k)
+    except TypeError:
+        n = -1
+    if isinstance(k, bool) or n < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+    return n
+
+
 def convex_fusion(dense: dict[int, float], sparse: dict[int, float], dense_weight: float) -> dict[int, float]:
     """score = (1 - dense_weight) * sparse' + dense_weight * dense', each list min-max scaled to
-    [0, 1] over its candidates (all 1 when they tie); a missing score is that list's lowest (0)."""
+    [0, 1] over its candidates (all 1 when they tie); a missing score is that list's lowest (0).
+    ``ValueError`` unless 0 <= dense_weight <= 1."""
+    _check_dense_weight(dense_weight, "convex")
     scaled_dense, scaled_sparse = _min_max(dense), _min_max(sparse)
     return {
         i: (1 - dense_weight) * scaled_sparse.get(i, 0.0) + dense_weight * scaled_dense.get(i, 0.0)
