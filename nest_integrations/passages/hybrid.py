@@ -1,15 +1,16 @@
 """The built-in first stage: dense (FAISS inner product) + BM25 (bm25s), fused into one score.
 
 Fusion (``fusion``): ``"sum"`` (the default) is the official NEST code's ``bm25 + w * dense``
-(w = 0.3), right for DRAGON+'s inner products, whose scale is near BM25's. With
-all-MiniLM-L6-v2's cosines (at most 1, against BM25 scores of 5-30) the dense term seldom
+(w = 0.3), whose dense scores are DRAGON+ inner products, not bounded by 1. With
+all-MiniLM-L6-v2's cosines (at most 1; BM25 top scores run 2-20 on SQuAD) the dense term seldom
 changes the order, and the hybrid ranks about as BM25 alone does. ``"convex"`` min-max scales
 each list over its candidates and takes ``(1 - w) * bm25 + w * dense`` (w = 0.5), the convex
 combination that Bruch et al., "An Analysis of Fusion Functions for Hybrid Retrieval" (ACM
 TOIS 2023), found more accurate than reciprocal rank fusion. On SQuAD dev it ranks the gold
 paragraph first 87% of the time against 79% (seeded 100 questions; 77% against 71% on 300
-others), but NEST's citations were no more often from the gold paragraph, and a few more came
-from other articles, so it is not the default (``benchmarks/RESULTS.md``, session 9). Either
+others). Alone it did not make NEST cite the gold paragraph more often; with
+``NestConfig(passage_relevance="score_led")`` it did, but the entity prompts then decode
+slower, so neither is the default (``benchmarks/RESULTS.md``, session 9). Either
 way a passage found by only one retriever gets the other list's lowest score. Indexes persist
 as JSON / numpy / FAISS files (no pickle). The dense index is searched on the GPUs when
 the installed FAISS is a GPU build that sees one (``dense_device``, see ``devices.py``).
