@@ -160,7 +160,9 @@ def _index(args: argparse.Namespace) -> int:
 
         tokenizer = load_tokenizer(args.model)
     progress = not args.quiet
-    retriever = build_index(docs, args.out, tokenizer=tokenizer, max_tokens=args.max_tokens, progress=progress)
+    retriever = build_index(
+        docs, args.out, tokenizer=tokenizer, max_tokens=args.max_tokens, progress=progress, fusion=args.fusion
+    )
     print(f"Indexed {len(docs)} documents into {len(retriever)} passages in {args.out}")
     if lm is not None:
         from .builder import key_store_dir
@@ -353,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--out", type=Path, required=True, help="directory to write the index to")
     index.add_argument("--max-tokens", type=int, default=100, help="passage length in LM tokens")
     index.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    index.add_argument(
+        "--fusion",
+        choices=["sum", "convex"],
+        default="sum",
+        help="how BM25 and dense scores are fused: 'sum' (bm25 + 0.3 * dense, the official NEST code's) or "
+        "'convex' (min-max scaled, 0.5 each; ranks better with MiniLM; see docs/first-stages.md)",
+    )
     index.add_argument(
         "--model",
         default="default",

@@ -20,7 +20,7 @@ from .corpus import DEFAULT_CORPUS_FILE, default_corpus
 from .lm import load_tokenizer
 from .passages.chunking import TokenCounter, approximate_token_count, chunk_document
 from .passages.embedder import SentenceEmbedder
-from .passages.hybrid import HybridRetriever
+from .passages.hybrid import FUSIONS, Fusion, HybridRetriever
 from .passages.types import Document, Passage
 
 DEFAULT_MAX_PASSAGE_TOKENS = 100
@@ -47,17 +47,22 @@ def build_index(
     max_tokens: int = DEFAULT_MAX_PASSAGE_TOKENS,
     embedder: SentenceEmbedder | None = None,
     progress: bool = True,
+    fusion: Fusion = "sum",
 ) -> HybridRetriever:
     """Chunk ``docs`` into passages, index them (dense + BM25) and save to ``directory`` if given.
 
-    Raises :class:`OutputPathError` before any work when ``directory`` cannot be a directory.
+    ``fusion``: how the index fuses its two rankings (saved with it; see
+    :class:`~nest_integrations.passages.HybridRetriever`). Raises :class:`OutputPathError` before
+    any work when ``directory`` cannot be a directory, ``ValueError`` for an unknown ``fusion``.
     """
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
     if directory is not None:
         from .builder import check_output_dir
 
         check_output_dir(Path(directory), "the index directory")
     passages = chunk_documents(docs, tokenizer=tokenizer, max_tokens=max_tokens)
-    retriever = HybridRetriever(passages, embedder=embedder, progress=progress)
+    retriever = HybridRetriever(passages, embedder=embedder, progress=progress, fusion=fusion)
     if directory is not None:
         retriever.save(directory)
     return retriever

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from nest_integrations import cli
+from nest_integrations import HybridRetriever, cli
 
 
 @pytest.fixture
@@ -76,6 +76,17 @@ def test_index_then_ask_over_own_files(tmp_path, reuse_model, capsys) -> None:
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert all(c["document_id"] == "reactor" for c in out["citations"])
+
+
+def test_index_saves_the_chosen_fusion_and_loading_the_index_uses_it(tmp_path, capsys) -> None:
+    (tmp_path / "a.md").write_text("The Zorblax reactor was commissioned in 1987 in Oslo.")
+    out = tmp_path / "idx"
+    assert cli.main(["index", str(tmp_path / "a.md"), "--out", str(out), "--model", "none", "--fusion", "convex"]) == 0
+    assert json.loads((out / "meta.json").read_text())["fusion"] == "convex"
+    assert HybridRetriever.load(out, embedder=None).fusion == "convex"
+    with pytest.raises(SystemExit):
+        cli.main(["index", str(tmp_path / "a.md"), "--out", str(tmp_path / "x"), "--fusion", "rrf"])
+    assert "invalid choice: 'rrf'" in capsys.readouterr().err
 
 
 def test_index_rejects_non_utf8_files_with_exit_code_2(tmp_path, capsys) -> None:
