@@ -76,8 +76,8 @@ def snap(
         if o0 > lo and s0 > 0 and out[o0 - 1] == src[s0 - 1]:
             o0, s0 = o0 - 1, s0 - 1
             continue
-        k = 1
-        while o0 + k < o1 and joined(out, o0 + k):
+        k = 1  # to the nearest boundary in both texts ("cross-" ends a word here, not in "cross-country")
+        while o0 + k < o1 and (joined(out, o0 + k) or joined(src, s0 + k)):
             k += 1
         o0, s0 = o0 + k, s0 + k
         break
@@ -86,7 +86,7 @@ def snap(
             o1, s1 = o1 + 1, s1 + 1
             continue
         k = 1
-        while o1 - k > o0 and joined(out, o1 - k):
+        while o1 - k > o0 and (joined(out, o1 - k) or joined(src, s1 - k)):
             k += 1
         o1, s1 = o1 - k, s1 - k
         break

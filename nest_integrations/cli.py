@@ -149,6 +149,7 @@ def _index(args: argparse.Namespace) -> int:
     if not docs:
         print("nest index: no .txt, .md or .jsonl documents found in the given paths", file=sys.stderr)
         return 2
+    _quiet_library_warnings()  # as `nest ask`: no "Loading weights" bar for the embedder or the model
     lm = tokenizer = None
     if keys:
         from .lm import load_lm

@@ -152,11 +152,12 @@ def passage_relevance(
     ``score_led`` is ``both``, but the names guard holds only when the first stage's best-scored
     source misses a key term. When it names everything, the scores are trusted. Then the other
     sources that also name everything (the sibling paragraphs of one article, which share its
-    names) are ranked by score too, not rated alike. One is kept whatever its score: the
+    names) are ranked by score too, not rated alike. Kept whatever their scores: the
     best-scored passage whose title names every key term, so that the page about what the query
     names stays ("Tell me about Lars Berg." when Anna Berg's page, which mentions her brother
-    Lars Berg, scores best); the paragraphs of one article all share its title, and the others
-    are still ranked by score.
+    Lars Berg, scores best; the paragraphs of one article all share its title, and the others
+    are still ranked by score), and every passage without a title that names everything (no
+    title says what it is about, so it is guarded as under ``both``).
     """
     given = [s for s in scores or () if s is not None]
     by_score = relative_scores(given) if scores is not None and len(given) == len(scores) else torch.ones(len(passages))
@@ -169,7 +170,7 @@ def passage_relevance(
     named = _names_everything(query, passages)
     if signal == "score_led" and bool(named[int(torch.argmax(by_score))]):
         titled = _titles_name_everything(query, passages)
-        named = torch.zeros_like(named)
+        named = named & torch.tensor([not p.title.strip() for p in passages], dtype=torch.bool)
         if bool(titled.any()):
             named[int(torch.argmax(torch.where(titled, by_score, -1.0)))] = True
     return per_source(torch.where(named, by_terms, both), passages)

@@ -164,6 +164,21 @@ def test_quote_and_marks_never_split_a_grapheme_cluster() -> None:
     assert mark_citations("Nero's father", [4]) == "Nero's [1] father"
 
 
+def test_snap_shrinks_to_a_boundary_of_both_texts() -> None:
+    # A break test's case: the answer stopped at "cross-" (its token limit) inside the source's
+    # "cross-country". "cross|-" is a boundary of the output, not of the source: snapping there
+    # made a quote ending inside a source word, and the whole copy was dropped, listed nowhere.
+    out = "Her brother is a cross-"
+    src = "Her brother is a cross-country skier."
+    o0, o1, s0, s1 = snap(out, src, 0, len(out), 0, len(out))
+    assert out[o0:o1] == src[s0:s1] == "Her brother is a"
+    assert not joined(out, o1) and not joined(src, s1)
+    # The start side alike: the copy begins at "-country" inside the source's "cross-country".
+    out2 = "A -country skier."
+    o0, o1, s0, s1 = snap(out2, src, 2, len(out2), 22, len(src))
+    assert out2[o0:o1] == src[s0:s1] == "skier."
+
+
 def test_snap_drops_a_quote_that_is_one_partial_word() -> None:
     assert snap("xoulter.", "Boulter is", 1, 7, 1, 7) is None
     assert snap("Boulter is", "Boulter is", 1, 10, 1, 10) == (0, 10, 0, 10)

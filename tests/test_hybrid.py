@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from nest_integrations import HybridRetriever, Passage
@@ -110,9 +111,22 @@ def test_bad_k_and_bad_weights_of_the_fusion_function_are_refused(tmp_path, embe
         for k in (-1, 1.5, True, "3"):
             with pytest.raises(ValueError, match="k must be an integer >= 0"):
                 retrieve("capital of Italy", k)
-    for w in (-0.5, 1.5, float("nan"), float("inf"), "0.5", True):
+    for w in (-0.5, 1.5, float("nan"), float("inf"), "0.5", True, None):
         with pytest.raises(ValueError, match="dense_weight must be a number in"):
             convex_fusion({1: 0.5}, {1: 3.0}, w)
+    for w in (-0.5, float("nan"), float("inf"), "0.5", True, None):
+        with pytest.raises(ValueError, match="dense_weight must be a number finite and >= 0"):
+            fuse_scores({1: 0.5}, {1: 3.0}, w)
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        for fuse in (convex_fusion, fuse_scores):
+            with pytest.raises(ValueError, match="scores must be finite"):
+                fuse({1: 0.5, 2: bad}, {1: 3.0}, 0.5)
+            with pytest.raises(ValueError, match="scores must be finite"):
+                fuse({1: 0.5}, {1: bad, 2: 1.0}, 0.5)
+    assert convex_fusion({1: 0.5, 2: 0.1}, {}, np.float32(0.25)) == pytest.approx({1: 0.25, 2: 0.0})
+    assert HybridRetriever(PASSAGES, embedder=None, fusion="convex", dense_weight=np.float32(0.4)).dense_weight == (
+        pytest.approx(0.4)
+    )
     r.save(tmp_path / "idx")
     with pytest.raises(ValueError, match="fusion must be one of"):
         HybridRetriever.load(tmp_path / "idx", fusion="")  # a bad value, not "the saved one"

@@ -76,8 +76,12 @@ def test_score_led_trusts_the_scores_when_the_best_scored_source_names_everythin
     sister = Passage(id="s", document_id="s", title="Anna Berg", text="Her brother Lars Berg taught her to paint.")
     rel = passage_relevance("Tell me about Lars Berg.", [sister, later], [0.9, 0.2], "score_led").tolist()
     assert rel[1] == 1.0
+    # A second break test's case: his page has no title, so nothing says what it is about: guarded as under "both".
     untitled = later.model_copy(update={"title": ""})
-    assert passage_relevance("Tell me about Lars Berg.", [sister, untitled], [0.9, 0.2], "score_led").tolist() == [
+    assert passage_relevance("Tell me about Lars Berg.", [sister, untitled], [0.9, 0.1], "score_led").tolist()[1] == 1.0
+    # A titled page that does not name him is ranked by its score.
+    other_title = later.model_copy(update={"title": "Bergen"})
+    assert passage_relevance("Tell me about Lars Berg.", [sister, other_title], [0.9, 0.1], "score_led").tolist() == [
         1.0,
         0.0,
     ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import operator
 import re
 import threading
@@ -248,7 +249,10 @@ class DenseOnlyRetriever:
 
 
 def fuse_scores(dense: dict[int, float], sparse: dict[int, float], dense_weight: float) -> dict[int, float]:
-    """score = sparse + dense_weight * dense; a missing score is that list's lowest."""
+    """score = sparse + dense_weight * dense; a missing score is that list's lowest.
+    ``ValueError`` unless dense_weight is finite and >= 0 and every score is finite."""
+    _check_dense_weight(dense_weight, "sum")
+    _check_finite(dense, sparse)
     if not dense and not sparse:
         return {}
     low_dense = min(dense.values()) if dense else 0.0
@@ -259,10 +263,17 @@ def fuse_scores(dense: dict[int, float], sparse: dict[int, float], dense_weight:
 def _check_dense_weight(dense_weight: object, fusion: Fusion) -> None:
     bound = "in [0, 1]" if fusion == "convex" else "finite and >= 0"
     message = f"dense_weight must be a number {bound} for {fusion!r} fusion, got {dense_weight!r}"
-    if isinstance(dense_weight, bool) or not isinstance(dense_weight, (int, float)):
+    if isinstance(dense_weight, bool) or not isinstance(dense_weight, numbers.Real):  # numpy floats are Real
         raise ValueError(message)
-    if not math.isfinite(dense_weight) or dense_weight < 0 or (fusion == "convex" and dense_weight > 1):
+    weight = float(dense_weight)
+    if not math.isfinite(weight) or weight < 0 or (fusion == "convex" and weight > 1):
         raise ValueError(message)
+
+
+def _check_finite(dense: dict[int, float], sparse: dict[int, float]) -> None:
+    for name, scores in (("dense", dense), ("sparse", sparse)):
+        if not all(math.isfinite(v) for v in scores.values()):
+            raise ValueError(f"{name} scores must be finite numbers")
 
 
 def _check_k(k: int) -> int:
@@ -279,8 +290,9 @@ def _check_k(k: int) -> int:
 def convex_fusion(dense: dict[int, float], sparse: dict[int, float], dense_weight: float) -> dict[int, float]:
     """score = (1 - dense_weight) * sparse' + dense_weight * dense', each list min-max scaled to
     [0, 1] over its candidates (all 1 when they tie); a missing score is that list's lowest (0).
-    ``ValueError`` unless 0 <= dense_weight <= 1."""
+    ``ValueError`` unless 0 <= dense_weight <= 1 and every score is finite."""
     _check_dense_weight(dense_weight, "convex")
+    _check_finite(dense, sparse)
     scaled_dense, scaled_sparse = _min_max(dense), _min_max(sparse)
     return {
         i: (1 - dense_weight) * scaled_sparse.get(i, 0.0) + dense_weight * scaled_dense.get(i, 0.0)
