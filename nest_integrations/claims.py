@@ -386,15 +386,15 @@ class ClaimTracker:
         return list(dict.fromkeys(ids))
 
 
-_CJK_STOPS = "\u3002\uff01\uff1f"  # 。！？: they end a sentence with no space after them
-_SENTENCE_BREAK = re.compile(rf"[.!?](?=\s)|[{_CJK_STOPS}]|\n")
+CJK_STOPS = "\u3002\uff01\uff1f"  # 。！？: they end a sentence with no space after them
+_SENTENCE_BREAK = re.compile(rf"[.!?](?=\s)|[{CJK_STOPS}]|\n")
 # For the splice check, where a missed end only makes a sentence longer (stricter), never hides
 # a splice: no end after an initial ("John A. Whitfield") or a common abbreviation ("St. Louis").
 _CLAIM_SENTENCE_END = re.compile(  # the mark first, then what comes before it: fast on long text
     r"[.!?](?<!\b[A-Z].)(?<!\b(?:St|Mr|Ms|Dr|Jr|Sr|Mt|No|vs|Co|Mo).)(?<!\b(?:Mrs|etc|Inc|Ltd|Gen|Col|Rev|Fig).)"
-    rf"(?<!\b(?:e\.g|i\.e).)(?=\s)|[{_CJK_STOPS}]|\n"
+    rf"(?<!\b(?:e\.g|i\.e).)(?=\s)|[{CJK_STOPS}]|\n"
 )
-_SENTENCE_BREAK_REVERSED = re.compile(rf"\n|[{_CJK_STOPS}]|(?<=\s)[.!?]")  # _SENTENCE_BREAK read from the end
+_SENTENCE_BREAK_REVERSED = re.compile(rf"\n|[{CJK_STOPS}]|(?<=\s)[.!?]")  # _SENTENCE_BREAK read from the end
 
 
 def _after_last_break(text: str) -> int:
@@ -424,7 +424,7 @@ def _previous_word(text: Chars, end: int) -> str | None:
     """The word before char ``end`` within its sentence, as written (None at a sentence start)."""
     before = text[max(0, end - 200) : end]
     stripped = before.rstrip()
-    if not stripped or stripped[-1] in ".!?" + _CJK_STOPS or before.rstrip(" \t")[-1:] == "\n":
+    if not stripped or stripped[-1] in ".!?" + CJK_STOPS or before.rstrip(" \t")[-1:] == "\n":
         return None
     return last_word(before)
 
@@ -436,7 +436,7 @@ class SentenceBreaks:
     def __init__(self, text: str) -> None:
         self.length = len(text)
         marks = sorted(
-            [(m.start(), m.end()) for m in re.finditer(rf"[.!?] |[{_CJK_STOPS}]", text)]
+            [(m.start(), m.end()) for m in re.finditer(rf"[.!?] |[{CJK_STOPS}]", text)]
             + [(m.start(), m.end()) for m in re.finditer("\n", text)]
         )
         self._at = [a for a, _ in marks]  # where each break starts

@@ -20,7 +20,7 @@ from .corpus import DEFAULT_CORPUS_FILE, default_corpus
 from .lm import load_tokenizer
 from .passages.chunking import TokenCounter, approximate_token_count, chunk_document
 from .passages.embedder import SentenceEmbedder
-from .passages.hybrid import FUSIONS, Fusion, HybridRetriever
+from .passages.hybrid import Fusion, HybridRetriever, check_fusion
 from .passages.types import Document, Passage
 
 DEFAULT_MAX_PASSAGE_TOKENS = 100
@@ -55,8 +55,7 @@ def build_index(
     :class:`~nest_integrations.passages.HybridRetriever`). Raises :class:`OutputPathError` before
     any work when ``directory`` cannot be a directory, ``ValueError`` for an unknown ``fusion``.
     """
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    check_fusion(fusion)  # before the chunking and embedding work
     if directory is not None:
         from .builder import check_output_dir
 

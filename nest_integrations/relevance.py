@@ -167,28 +167,27 @@ def passage_relevance(
     if signal == "query_terms":
         return per_source(by_terms, passages)
     both = torch.minimum(by_score, by_terms)
-    named = _names_everything(query, passages)
+    wanted = key_terms(query)
+    named = _names_everything(wanted, passages)
     if signal == "score_led" and bool(named[int(torch.argmax(by_score))]):
-        titled = _titles_name_everything(query, passages)
+        titled = _titles_name_everything(wanted, passages)
         named = named & torch.tensor([not p.title.strip() for p in passages], dtype=torch.bool)
         if bool(titled.any()):
             named[int(torch.argmax(torch.where(titled, by_score, -1.0)))] = True
     return per_source(torch.where(named, by_terms, both), passages)
 
 
-def _names_everything(query: str, passages: Sequence[Passage]) -> torch.Tensor:
-    """(n,) bool: the passage's source (its passages together) holds every key term of the query
-    (False for all when the query has none)."""
-    wanted = key_terms(query)
+def _names_everything(wanted: set[str], passages: Sequence[Passage]) -> torch.Tensor:
+    """(n,) bool: the passage's source (its passages together) holds every one of the query's key
+    terms ``wanted`` (False for all when there are none)."""
     if not wanted:
         return torch.zeros(len(passages), dtype=torch.bool)
     found = _key_terms_by_source(wanted, passages)
     return torch.tensor([found[_source(i, p)] >= wanted for i, p in enumerate(passages)], dtype=torch.bool)
 
 
-def _titles_name_everything(query: str, passages: Sequence[Passage]) -> torch.Tensor:
-    """(n,) bool: the passage's title holds every key term of the query (False for all when it has none)."""
-    wanted = key_terms(query)
+def _titles_name_everything(wanted: set[str], passages: Sequence[Passage]) -> torch.Tensor:
+    """(n,) bool: the passage's title holds every one of the key terms ``wanted`` (all False without any)."""
     if not wanted:
         return torch.zeros(len(passages), dtype=torch.bool)
     return torch.tensor([wanted <= set(_words(p.title.lower())) for p in passages], dtype=torch.bool)

@@ -84,6 +84,11 @@ def test_index_saves_the_chosen_fusion_and_loading_the_index_uses_it(tmp_path, c
     assert cli.main(["index", str(tmp_path / "a.md"), "--out", str(out), "--model", "none", "--fusion", "convex"]) == 0
     assert json.loads((out / "meta.json").read_text())["fusion"] == "convex"
     assert HybridRetriever.load(out, embedder=None).fusion == "convex"
+    from nest_integrations.passages.hybrid import FUSIONS
+
+    # The flag lists the fusions by hand (the CLI parses without importing torch): each must parse.
+    for fusion in FUSIONS:
+        assert cli.build_parser().parse_args(["index", "a", "--out", "b", "--fusion", fusion]).fusion == fusion
     with pytest.raises(SystemExit):
         cli.main(["index", str(tmp_path / "a.md"), "--out", str(tmp_path / "x"), "--fusion", "rrf"])
     assert "invalid choice: 'rrf'" in capsys.readouterr().err

@@ -33,10 +33,11 @@ from itertools import pairwise
 from typing import Any
 
 from ..citations import Citation, NestResult
+from ..claims import CJK_STOPS
 from ..passages.types import Passage, ScoredPassage
 from ..text_stream import word_count
 
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[\u3002\uff01\uff1f]|\n")
+_SENTENCE_END = re.compile(rf"[.!?](?=\s|$)|[{CJK_STOPS}]|\n")
 MIN_SUBSTANTIVE_WORDS = 2
 
 

@@ -80,8 +80,7 @@ class HybridRetriever:
         import bm25s
         import faiss
 
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        check_fusion(fusion)
         if dense_weight is None:
             dense_weight = DEFAULT_DENSE_WEIGHT[fusion]
         _check_dense_weight(dense_weight, fusion)
@@ -258,6 +257,12 @@ def fuse_scores(dense: dict[int, float], sparse: dict[int, float], dense_weight:
     low_dense = min(dense.values()) if dense else 0.0
     low_sparse = min(sparse.values()) if sparse else 0.0
     return {i: sparse.get(i, low_sparse) + dense_weight * dense.get(i, low_dense) for i in set(dense) | set(sparse)}
+
+
+def check_fusion(fusion: object) -> None:
+    """``ValueError`` unless ``fusion`` is one of ``FUSIONS``."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
 
 
 def _check_dense_weight(dense_weight: object, fusion: Fusion) -> None:
