@@ -162,7 +162,13 @@ def _index(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.model)
     progress = not args.quiet
     retriever = build_index(
-        docs, args.out, tokenizer=tokenizer, max_tokens=args.max_tokens, progress=progress, fusion=args.fusion
+        docs,
+        args.out,
+        tokenizer=tokenizer,
+        max_tokens=args.max_tokens,
+        progress=progress,
+        fusion=args.fusion,
+        rerank=None if args.rerank == "none" else args.rerank,
     )
     print(f"Indexed {len(docs)} documents into {len(retriever)} passages in {args.out}")
     if lm is not None:
@@ -362,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="sum",
         help="how BM25 and dense scores are fused: 'sum' (bm25 + 0.3 * dense, the official NEST code's) or "
         "'convex' (min-max scaled, 0.5 each; ranks better with MiniLM; see docs/first-stages.md)",
+    )
+    index.add_argument(
+        "--rerank",
+        choices=["convex", "sum", "none"],
+        default="convex",
+        help="order and score the passages the fusion chose by this fusion ('none': by the fusion itself); "
+        "the scores are what passage relevance reads",
     )
     index.add_argument(
         "--model",

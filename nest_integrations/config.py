@@ -94,9 +94,9 @@ class NestConfig(BaseModel):
             "retrieved passages, so 'score' always leaves the last-ranked source out; 'both' keeps the query "
             "words' relevance for a source that names every name and number of the query. 'score_led': 'both', "
             "but when the best-scored source names every name and number of the query the scores rank the others "
-            "that do too (for a first stage whose scores rank paragraphs of one article well, e.g. "
-            "HybridRetriever(fusion='convex')). Without scores (a retriever that gives none), the score signal "
-            "says 1 and 'both' is 'query_terms'."
+            "that do too (for a first stage whose scores rank paragraphs of one article well, e.g. the "
+            "built-in HybridRetriever, re-ranked by convex fusion; the embedded model's shipped config uses it). "
+            "Without scores (a retriever that gives none), the score signal says 1 and 'both' is 'query_terms'."
         ),
     )
     passage_prior: float = Field(

@@ -48,20 +48,24 @@ def build_index(
     embedder: SentenceEmbedder | None = None,
     progress: bool = True,
     fusion: Fusion = "sum",
+    rerank: Fusion | None = "convex",
 ) -> HybridRetriever:
     """Chunk ``docs`` into passages, index them (dense + BM25) and save to ``directory`` if given.
 
-    ``fusion``: how the index fuses its two rankings (saved with it; see
-    :class:`~nest_integrations.passages.HybridRetriever`). Raises :class:`OutputPathError` before
-    any work when ``directory`` cannot be a directory, ``ValueError`` for an unknown ``fusion``.
+    ``fusion`` / ``rerank``: how the index fuses its two rankings to choose passages, and then
+    orders and scores them (saved with it; see :class:`~nest_integrations.passages.HybridRetriever`).
+    Raises :class:`OutputPathError` before any work when ``directory`` cannot be a directory,
+    ``ValueError`` for an unknown ``fusion`` or ``rerank``.
     """
     check_fusion(fusion)  # before the chunking and embedding work
+    if rerank is not None:
+        check_fusion(rerank, "rerank")
     if directory is not None:
         from .builder import check_output_dir
 
         check_output_dir(Path(directory), "the index directory")
     passages = chunk_documents(docs, tokenizer=tokenizer, max_tokens=max_tokens)
-    retriever = HybridRetriever(passages, embedder=embedder, progress=progress, fusion=fusion)
+    retriever = HybridRetriever(passages, embedder=embedder, progress=progress, fusion=fusion, rerank=rerank)
     if directory is not None:
         retriever.save(directory)
     return retriever
@@ -70,7 +74,7 @@ def build_index(
 def default_index_dir() -> Path:
     """Where the built-in corpus's index is cached (built by :func:`default_retriever`)."""
     corpus = resources.files("nest_integrations.data").joinpath(DEFAULT_CORPUS_FILE).read_bytes()
-    digest = hashlib.sha1(corpus + f"|{DEFAULT_MAX_PASSAGE_TOKENS}|v2".encode()).hexdigest()[:12]
+    digest = hashlib.sha1(corpus + f"|{DEFAULT_MAX_PASSAGE_TOKENS}|v3".encode()).hexdigest()[:12]
     return cache_dir() / f"default-index-{digest}"
 
 

@@ -92,6 +92,11 @@ def test_index_saves_the_chosen_fusion_and_loading_the_index_uses_it(tmp_path, c
     with pytest.raises(SystemExit):
         cli.main(["index", str(tmp_path / "a.md"), "--out", str(tmp_path / "x"), "--fusion", "rrf"])
     assert "invalid choice: 'rrf'" in capsys.readouterr().err
+    assert json.loads((out / "meta.json").read_text())["rerank"] is None  # convex re-ranks by itself: none
+    plain = tmp_path / "plain"
+    assert cli.main(["index", str(tmp_path / "a.md"), "--out", str(plain), "--model", "none", "--rerank", "none"]) == 0
+    assert HybridRetriever.load(plain, embedder=None).rerank is None
+    assert cli.build_parser().parse_args(["index", "a", "--out", "b"]).rerank == "convex"  # the default
 
 
 def test_index_rejects_non_utf8_files_with_exit_code_2(tmp_path, capsys) -> None:

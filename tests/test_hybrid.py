@@ -151,6 +151,52 @@ def test_fusion_round_trips_and_an_index_saved_before_it_loads_as_sum(tmp_path, 
     assert (other.fusion, other.dense_weight) == ("convex", 0.5)
 
 
+def _scored(r: HybridRetriever, k: int) -> list[tuple[str, float]]:
+    return [(s.passage.id, round(s.score, 4)) for s in r.retrieve("q", k)]
+
+
+def test_rerank_orders_and_scores_the_sum_fusions_choice_by_the_convex_fusion(embedder, monkeypatch) -> None:
+    # Summed raw, BM25's 0.2 lead makes "rome" first; scaled, "cat"'s cosine lead wins (as above).
+    dense, bm25 = {0: 0.9, 1: 0.3, 2: 0.2}, {0: 12.0, 1: 12.2, 2: 2.0}
+    convex = convex_fusion(dense, bm25, 0.5)
+    retrievers = {
+        rerank: HybridRetriever(PASSAGES, embedder=embedder, rerank=rerank) for rerank in ("convex", None, "sum")
+    }
+    retrievers["convex only"] = HybridRetriever(PASSAGES, embedder=embedder, fusion="convex")
+    for r in retrievers.values():
+        monkeypatch.setattr(r, "_dense_scores", lambda query, n: dense)
+        monkeypatch.setattr(r, "_bm25_scores", lambda query, n: bm25)
+    reranked = retrievers["convex"]
+    assert (reranked.fusion, reranked.rerank) == ("sum", "convex")  # the default
+    # k = 1: the passage is the sum's choice ("rome"), its score the convex one.
+    assert _scored(reranked, 1) == [("rome", round(convex[1], 4))]
+    assert _scored(retrievers["convex only"], 1) == [("cat", round(convex[0], 4))]
+    # k = 2: the same two passages as without re-ranking, in the convex order with the convex scores.
+    assert _scored(reranked, 2) == [("cat", round(convex[0], 4)), ("rome", round(convex[1], 4))]
+    summed = fuse_scores(dense, bm25, 0.3)
+    assert _scored(retrievers[None], 2) == [("rome", round(summed[1], 4)), ("cat", round(summed[0], 4))]
+    assert retrievers["sum"].rerank is None and retrievers["convex only"].rerank is None  # its own fusion: none
+    assert _scored(retrievers["sum"], 3) == _scored(retrievers[None], 3)
+
+
+def test_rerank_round_trips_an_old_index_does_not_rerank_and_bad_values_are_refused(tmp_path, embedder) -> None:
+    HybridRetriever(PASSAGES, embedder=embedder).save(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["rerank"] == "convex"
+    assert HybridRetriever.load(tmp_path / "s", embedder=embedder).rerank == "convex"
+    assert HybridRetriever.load(tmp_path / "s", embedder=embedder, rerank=None).rerank is None
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["rerank"]  # saved before re-ranking was a choice
+    meta_path.write_text(json.dumps(meta))
+    assert HybridRetriever.load(tmp_path / "s", embedder=embedder).rerank is None
+    assert HybridRetriever.load(tmp_path / "s", embedder=embedder, rerank="convex").rerank == "convex"
+    for bad in ("rrf", "", "none"):
+        with pytest.raises(ValueError, match="rerank must be one of sum, convex"):
+            HybridRetriever(PASSAGES, embedder=None, rerank=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="rerank must be one of sum, convex"):
+            HybridRetriever.load(tmp_path / "s", rerank=bad)  # type: ignore[arg-type]
+
+
 def test_default_corpus_retrieval_finds_the_asked_article(corpus_retriever) -> None:
     hits = corpus_retriever.retrieve("Tell me about Clayton Kershaw.", 20)
     assert len(hits) == 20

@@ -122,7 +122,7 @@ def sample_questions(directory: Path, n: int, seed: int = 0) -> list[Question]:
 def squad_index(directory: Path, tokenizer: Any | None = None, progress: bool = True) -> HybridRetriever:
     """The paragraphs of ``corpus.jsonl`` as documents, indexed as ``nest index`` does; cached by content."""
     corpus = directory / "corpus.jsonl"
-    digest = hashlib.sha1(corpus.read_bytes() + f"|{DEFAULT_MAX_PASSAGE_TOKENS}|v1".encode()).hexdigest()[:12]
+    digest = hashlib.sha1(corpus.read_bytes() + f"|{DEFAULT_MAX_PASSAGE_TOKENS}|v2".encode()).hexdigest()[:12]
     return cached_index(
         cache_dir() / f"squad-index-{digest}",
         lambda: read_documents([corpus]),

@@ -8,9 +8,13 @@ each list over its candidates and takes ``(1 - w) * bm25 + w * dense`` (w = 0.5)
 combination that Bruch et al., "An Analysis of Fusion Functions for Hybrid Retrieval" (ACM
 TOIS 2023), found more accurate than reciprocal rank fusion. On SQuAD dev it ranks the gold
 paragraph first 87% of the time against 79% (seeded 100 questions; 77% against 71% on 300
-others). Alone it did not make NEST cite the gold paragraph more often; with
-``NestConfig(passage_relevance="score_led")`` it did, but the entity prompts then decode
-slower, so neither is the default (``benchmarks/RESULTS.md``, session 9). Either
+others). The default fuses by ``"sum"`` to choose the k passages (the paper's candidates) and
+then re-ranks those k by ``"convex"`` (``rerank``): the order and the scores are the convex
+combination's, the set is the sum's. Scores are what NEST's passage relevance reads
+(``NestConfig.passage_relevance``): on SQuAD the re-ranked scores led NEST to cite the gold
+paragraph 88% of the time against 79%. Choosing the passages by ``"convex"`` too made the
+benchmark's entity prompts decode at 3.8x plain against 4.8x, one of them never copying
+(``benchmarks/RESULTS.md``, sessions 9 and 10). Either
 way a passage found by only one retriever gets the other list's lowest score. Indexes persist
 as JSON / numpy / FAISS files (no pickle). The dense index is searched on the GPUs when
 the installed FAISS is a GPU build that sees one (``dense_device``, see ``devices.py``).
@@ -60,8 +64,9 @@ class HybridRetriever:
     build of FAISS sees and on the CPU otherwise; ``"cpu"`` keeps it on the CPU; ``"cuda"``
     requires the GPU (:class:`~nest_integrations.errors.ConfigError` when FAISS sees none).
     ``dense_on_gpu`` says where it ended up. ``fusion`` and ``dense_weight`` (None: 0.3 for
-    ``"sum"``, 0.5 for ``"convex"``): how the two rankings are fused (see the module docstring);
-    a bad value raises ``ValueError``.
+    ``"sum"``, 0.5 for ``"convex"``): how the two rankings are fused to choose the k passages;
+    ``rerank`` (a fusion, with its default weight; None or ``fusion``: none): how those k are then
+    ordered and scored (see the module docstring). A bad value raises ``ValueError``.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class HybridRetriever:
         embedder: SentenceEmbedder | None = None,
         fusion: Fusion = "sum",
         dense_weight: float | None = None,
+        rerank: Fusion | None = "convex",
         candidates: int = 100,
         dense_device: str = "auto",
         _dense_index: Any = None,
@@ -81,12 +87,15 @@ class HybridRetriever:
         import faiss
 
         check_fusion(fusion)
+        if rerank is not None:
+            check_fusion(rerank, "rerank")
         if dense_weight is None:
             dense_weight = DEFAULT_DENSE_WEIGHT[fusion]
         _check_dense_weight(dense_weight, fusion)
         self.passages = list(passages)
         self.fusion: Fusion = fusion
         self.dense_weight = float(dense_weight)
+        self.rerank: Fusion | None = None if rerank == fusion else rerank
         self.candidates = candidates
         self.dense_device = check_dense_device(dense_device)
         self.dense_on_gpu = False
@@ -126,9 +135,11 @@ class HybridRetriever:
         n = min(len(self.passages), max(k, self.candidates))
         dense = self._dense_scores(query, n)
         sparse = self._bm25_scores(query, n)
-        fuse = convex_fusion if self.fusion == "convex" else fuse_scores
-        fused = fuse(dense, sparse, self.dense_weight)
-        best = sorted(fused.items(), key=lambda kv: -kv[1])[:k]
+        best = sorted(_fuse(self.fusion, dense, sparse, self.dense_weight).items(), key=lambda kv: -kv[1])[:k]
+        if self.rerank is not None:
+            # The same k passages, ordered and scored by the other fusion (stable: ties keep their order).
+            scores = _fuse(self.rerank, dense, sparse, DEFAULT_DENSE_WEIGHT[self.rerank])
+            best = sorted(((i, scores[i]) for i, _ in best), key=lambda kv: -kv[1])
         return [ScoredPassage(passage=self.passages[i], score=s) for i, s in best]
 
     def dense_retrieve(self, query: str, k: int) -> list[ScoredPassage]:
@@ -173,6 +184,7 @@ class HybridRetriever:
             "embedder": self.embedder.name if self._embedder is not None else "all-MiniLM-L6-v2",
             "fusion": self.fusion,
             "dense_weight": self.dense_weight,
+            "rerank": self.rerank,
             "candidates": self.candidates,
             "num_passages": len(self.passages),
         }
@@ -190,12 +202,14 @@ class HybridRetriever:
         dense_device: str = "auto",
         fusion: Fusion | None = None,
         dense_weight: float | None = None,
+        rerank: Fusion | Literal["saved"] | None = "saved",
     ) -> HybridRetriever:
         """Load an index written by :meth:`save`; ``dense_device`` as in the constructor.
 
         ``fusion`` / ``dense_weight``: None takes the saved ones (an index saved before fusion was
         a choice fuses by ``"sum"``); a ``fusion`` other than the saved one takes its own default
-        weight unless ``dense_weight`` is given.
+        weight unless ``dense_weight`` is given. ``rerank``: ``"saved"`` takes the saved one (an
+        index saved before re-ranking was a choice does not re-rank: None).
         """
         import bm25s
         import faiss
@@ -223,6 +237,7 @@ class HybridRetriever:
             embedder=embedder,
             fusion=chosen,
             dense_weight=dense_weight,
+            rerank=meta.get("rerank") if rerank == "saved" else rerank,
             candidates=meta["candidates"],
             dense_device=dense_device,
             _dense_index=dense,
@@ -259,10 +274,14 @@ def fuse_scores(dense: dict[int, float], sparse: dict[int, float], dense_weight:
     return {i: sparse.get(i, low_sparse) + dense_weight * dense.get(i, low_dense) for i in set(dense) | set(sparse)}
 
 
-def check_fusion(fusion: object) -> None:
-    """``ValueError`` unless ``fusion`` is one of ``FUSIONS``."""
+def check_fusion(fusion: object, name: str = "fusion") -> None:
+    """``ValueError`` unless ``fusion`` is one of ``FUSIONS`` (``name``: the parameter, for the message)."""
     if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        raise ValueError(f"{name} must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+
+
+def _fuse(fusion: Fusion, dense: dict[int, float], sparse: dict[int, float], dense_weight: float) -> dict[int, float]:
+    return (convex_fusion if fusion == "convex" else fuse_scores)(dense, sparse, dense_weight)
 
 
 def _check_dense_weight(dense_weight: object, fusion: Fusion) -> None:
