@@ -149,10 +149,12 @@ def passage_relevance(
     ("Tell me about Lars Berg." ranked below Anna Berg's biography). Without scores (None, any
     None, or all equal) the score signal says nothing and counts as 1.
 
-    ``score_led`` is ``both``, but the names guard holds only when the first stage's best-scored
-    source misses a key term. When it names everything, the scores are trusted. Then the other
-    sources that also name everything (the sibling paragraphs of one article, which share its
-    names) are ranked by score too, not rated alike. Kept whatever their scores: the
+    ``score_led`` is ``both``, but when the first stage's best-scored source names every key
+    term, the scores are trusted within its article: the other passages with its title that name
+    everything (the sibling paragraphs of one article, which share its names) are ranked by score
+    too, not rated alike. Sources with another title keep the names guard (a break test: "Tell
+    me about Lars Berg." with his page in a file titled "bio2" and his sister's page, which
+    mentions him, scoring best). Kept whatever their scores: the
     best-scored passage whose title names every key term, so that the page about what the query
     names stays ("Tell me about Lars Berg." when Anna Berg's page, which mentions her brother
     Lars Berg, scores best; the paragraphs of one article all share its title, and the others
@@ -169,9 +171,15 @@ def passage_relevance(
     both = torch.minimum(by_score, by_terms)
     wanted = key_terms(query)
     named = _names_everything(wanted, passages)
-    if signal == "score_led" and bool(named[int(torch.argmax(by_score))]):
+    best = int(torch.argmax(by_score)) if signal == "score_led" and len(passages) else -1
+    if best >= 0 and bool(named[best]):
         titled = _titles_name_everything(wanted, passages)
-        named = named & torch.tensor([not p.title.strip() for p in passages], dtype=torch.bool)
+        # Only the best-scored passage's own article (its title) is ranked by score; other
+        # sources that name everything keep the guard (a generic title such as a file name
+        # says nothing about what a page is about).
+        article = passages[best].title.strip()
+        other = torch.tensor([not p.title.strip() or p.title.strip() != article for p in passages], dtype=torch.bool)
+        named = named & other
         if bool(titled.any()):
             named[int(torch.argmax(torch.where(titled, by_score, -1.0)))] = True
     return per_source(torch.where(named, by_terms, both), passages)

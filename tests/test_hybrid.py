@@ -190,6 +190,14 @@ def test_rerank_round_trips_an_old_index_does_not_rerank_and_bad_values_are_refu
     meta_path.write_text(json.dumps(meta))
     assert HybridRetriever.load(tmp_path / "s", embedder=embedder).rerank is None
     assert HybridRetriever.load(tmp_path / "s", embedder=embedder, rerank="convex").rerank == "convex"
+    meta["rerank"] = "Convex"  # hand-edited: the error names the file; a given value still loads
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"meta\.json: the saved rerank 'Convex' is not one of sum, convex"):
+        HybridRetriever.load(tmp_path / "s", embedder=embedder)
+    assert HybridRetriever.load(tmp_path / "s", embedder=embedder, rerank=None).rerank is None
+    for candidates in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="candidates must be an integer >= 1"):
+            HybridRetriever(PASSAGES, embedder=None, candidates=candidates)  # type: ignore[arg-type]
     for bad in ("rrf", "", "none"):
         with pytest.raises(ValueError, match="rerank must be one of sum, convex"):
             HybridRetriever(PASSAGES, embedder=None, rerank=bad)  # type: ignore[arg-type]

@@ -79,12 +79,17 @@ def test_score_led_trusts_the_scores_when_the_best_scored_source_names_everythin
     # A second break test's case: his page has no title, so nothing says what it is about: guarded as under "both".
     untitled = later.model_copy(update={"title": ""})
     assert passage_relevance("Tell me about Lars Berg.", [sister, untitled], [0.9, 0.1], "score_led").tolist()[1] == 1.0
-    # A titled page that does not name him is ranked by its score.
-    other_title = later.model_copy(update={"title": "Bergen"})
-    assert passage_relevance("Tell me about Lars Berg.", [sister, other_title], [0.9, 0.1], "score_led").tolist() == [
-        1.0,
-        0.0,
-    ]
+    # A third: his page's title is its file name, which says nothing about what it is about. Only
+    # the best-scored page's own article is ranked by score; another title keeps the guard.
+    for title in ("bio2", "Bergen"):
+        file_named = later.model_copy(update={"title": title})
+        rel = passage_relevance("Tell me about Lars Berg.", [sister, file_named], [0.9, 0.1], "score_led").tolist()
+        assert rel[1] == 1.0
+    # Paragraphs of the best-scored page's article (its title, which does not name him) are ranked by score.
+    p1 = first.model_copy(update={"title": "Oslo enzymology"})
+    p2 = later.model_copy(update={"title": "Oslo enzymology"})
+    assert passage_relevance(query, [p1, p2], [1.0, 0.2], "score_led").tolist() == [1.0, 0.0]
+    assert passage_relevance(query, [p1, p2], [1.0, 0.2], "both").tolist() == both
 
 
 @pytest.mark.parametrize("signal", ["score", "query_terms", "both", "score_led"])

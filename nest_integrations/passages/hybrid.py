@@ -12,7 +12,7 @@ others). The default fuses by ``"sum"`` to choose the k passages (the paper's ca
 then re-ranks those k by ``"convex"`` (``rerank``): the order and the scores are the convex
 combination's, the set is the sum's. Scores are what NEST's passage relevance reads
 (``NestConfig.passage_relevance``): on SQuAD the re-ranked scores led NEST to cite the gold
-paragraph 88% of the time against 79%. Choosing the passages by ``"convex"`` too made the
+paragraph 87.5% of the time against 79%. Choosing the passages by ``"convex"`` too made the
 benchmark's entity prompts decode at 3.8x plain against 4.8x, one of them never copying
 (``benchmarks/RESULTS.md``, sessions 9 and 10). Either
 way a passage found by only one retriever gets the other list's lowest score. Indexes persist
@@ -89,6 +89,8 @@ class HybridRetriever:
         check_fusion(fusion)
         if rerank is not None:
             check_fusion(rerank, "rerank")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise ValueError(f"candidates must be an integer >= 1, got {candidates!r}")
         if dense_weight is None:
             dense_weight = DEFAULT_DENSE_WEIGHT[fusion]
         _check_dense_weight(dense_weight, fusion)
@@ -228,6 +230,13 @@ class HybridRetriever:
             bm25 = bm25s.BM25.load(str(src / "bm25"), show_progress=False)
         if embedder is None and meta["embedder"] != "all-MiniLM-L6-v2":
             embedder = SentenceEmbedder(meta["embedder"])
+        for key, given in (("fusion", fusion is not None), ("rerank", rerank != "saved")):
+            # A hand-edited meta.json: say where the bad value is (unless a value is given instead).
+            if not given and meta.get(key) is not None and meta[key] not in FUSIONS:
+                raise ValueError(
+                    f"{meta_path}: the saved {key} {meta[key]!r} is not one of {', '.join(FUSIONS)}; "
+                    f"rebuild the index with `nest index`, or pass {key}= to HybridRetriever.load"
+                )
         saved_fusion = meta.get("fusion")
         chosen: Fusion = fusion if fusion is not None else saved_fusion or "sum"
         if dense_weight is None and chosen == (saved_fusion or "sum"):
