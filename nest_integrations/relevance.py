@@ -154,7 +154,9 @@ def passage_relevance(
     everything (the sibling paragraphs of one article, which share its names) are ranked by score
     too, not rated alike. Sources with another title keep the names guard (a break test: "Tell
     me about Lars Berg." with his page in a file titled "bio2" and his sister's page, which
-    mentions him, scoring best). Kept whatever their scores: the
+    mentions him, scoring best), and so does a passage that opens with every key term ("Lars
+    Berg (born 1954) is ...": about them, whatever its title; a second break test gave both
+    pages the title "Biography"). Kept whatever their scores: the
     best-scored passage whose title names every key term, so that the page about what the query
     names stays ("Tell me about Lars Berg." when Anna Berg's page, which mentions her brother
     Lars Berg, scores best; the paragraphs of one article all share its title, and the others
@@ -178,8 +180,8 @@ def passage_relevance(
         # sources that name everything keep the guard (a generic title such as a file name
         # says nothing about what a page is about).
         article = passages[best].title.strip()
-        other = torch.tensor([not p.title.strip() or p.title.strip() != article for p in passages], dtype=torch.bool)
-        named = named & other
+        other = [not p.title.strip() or p.title.strip() != article or _opens_with(wanted, p.text) for p in passages]
+        named = named & torch.tensor(other, dtype=torch.bool)
         if bool(titled.any()):
             named[int(torch.argmax(torch.where(titled, by_score, -1.0)))] = True
     return per_source(torch.where(named, by_terms, both), passages)
@@ -192,6 +194,12 @@ def _names_everything(wanted: set[str], passages: Sequence[Passage]) -> torch.Te
         return torch.zeros(len(passages), dtype=torch.bool)
     found = _key_terms_by_source(wanted, passages)
     return torch.tensor([found[_source(i, p)] >= wanted for i, p in enumerate(passages)], dtype=torch.bool)
+
+
+def _opens_with(wanted: set[str], text: str) -> bool:
+    """Whether ``text`` opens with every key term (within one word more): a page about them
+    ("Lars Berg (born 1954) is ..."), whatever its title."""
+    return wanted <= {w.lower() for w in _words(text[: 40 * (len(wanted) + 1)])[: len(wanted) + 1]}
 
 
 def _titles_name_everything(wanted: set[str], passages: Sequence[Passage]) -> torch.Tensor:

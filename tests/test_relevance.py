@@ -61,7 +61,7 @@ def test_score_led_trusts_the_scores_when_the_best_scored_source_names_everythin
     # Two paragraphs of one article: both name "Lars Berg", so "both" rates them alike. Both
     # titles name him too: only the best-scored of them is kept whatever its score.
     first = Passage(id="1", document_id="p1", title="Lars Berg", text="Lars Berg studied enzymes in Oslo.")
-    later = Passage(id="2", document_id="p2", title="Lars Berg", text="Lars Berg retired to Bergen in 1990.")
+    later = Passage(id="2", document_id="p2", title="Lars Berg", text="In 1990 Lars Berg retired to Bergen.")
     anna = Passage(id="a", document_id="a", title="Anna Berg", text="Anna Berg was a Swedish painter.")
     query = "Where did Lars Berg study enzymes?"
     both = passage_relevance(query, [first, later], [1.0, 0.2], "both").tolist()
@@ -85,11 +85,21 @@ def test_score_led_trusts_the_scores_when_the_best_scored_source_names_everythin
         file_named = later.model_copy(update={"title": title})
         rel = passage_relevance("Tell me about Lars Berg.", [sister, file_named], [0.9, 0.1], "score_led").tolist()
         assert rel[1] == 1.0
+    # A fourth: both pages carry one generic title ("Biography"); his page opens with his name, so it is about him.
+    anna_bio = sister.model_copy(
+        update={"title": "Biography", "text": "Anna Berg is a painter. Her brother Lars Berg is not."}
+    )
+    lars_bio = later.model_copy(update={"title": "Biography", "text": "Lars Berg (born 1954) is a Swedish engineer."})
+    rel = passage_relevance("Tell me about Lars Berg.", [anna_bio, lars_bio], [10.0, 5.0], "score_led").tolist()
+    assert rel == [1.0, 1.0]
     # Paragraphs of the best-scored page's article (its title, which does not name him) are ranked by score.
     p1 = first.model_copy(update={"title": "Oslo enzymology"})
     p2 = later.model_copy(update={"title": "Oslo enzymology"})
     assert passage_relevance(query, [p1, p2], [1.0, 0.2], "score_led").tolist() == [1.0, 0.0]
     assert passage_relevance(query, [p1, p2], [1.0, 0.2], "both").tolist() == both
+    # ... unless a paragraph opens with everything the query names: then it is about that, and guarded.
+    p2_opening = p2.model_copy(update={"text": "Lars Berg retired to Bergen in 1990."})
+    assert passage_relevance(query, [p1, p2_opening], [1.0, 0.2], "score_led").tolist() == both
 
 
 @pytest.mark.parametrize("signal", ["score", "query_terms", "both", "score_led"])
