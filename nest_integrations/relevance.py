@@ -105,8 +105,12 @@ def source_coverage(query: str, passages: Sequence[Passage]) -> float | None:
     """The largest share of the query's key terms that one source's retrieved passages contain; None without key terms.
 
     A source is a document (as in :func:`per_source`); its passages' titles and texts count
-    together. 1.0 when some source names everything the query names.
+    together. 1.0 when some source names everything the query names. 0.0 for a query without
+    a word ("?!?", "..."): it is about nothing a source says (a break test's case: such a query
+    was ranked by its embedding alone and copied from).
     """
+    if not _WORD.search(query):
+        return 0.0
     wanted = key_terms(query)
     if not wanted:
         return None
@@ -156,12 +160,9 @@ def passage_relevance(
     me about Lars Berg." with his page in a file titled "bio2" and his sister's page, which
     mentions him, scoring best), and so does a passage that opens with every key term ("Lars
     Berg (born 1954) is ...": about them, whatever its title; a second break test gave both
-    pages the title "Biography"). Kept whatever their scores: the
-    best-scored passage whose title names every key term, so that the page about what the query
-    names stays ("Tell me about Lars Berg." when Anna Berg's page, which mentions her brother
-    Lars Berg, scores best; the paragraphs of one article all share its title, and the others
-    are still ranked by score), and every passage without a title that names everything (no
-    title says what it is about, so it is guarded as under ``both``).
+    pages the title "Biography"), and so does every passage without a title (nothing says what
+    it is about). A page whose title names the query ("Lars Berg", when Anna Berg's page, which
+    mentions him, scores best) has another title than the best-scored one, so it is kept.
     """
     given = [s for s in scores or () if s is not None]
     by_score = relative_scores(given) if scores is not None and len(given) == len(scores) else torch.ones(len(passages))
@@ -175,15 +176,12 @@ def passage_relevance(
     named = _names_everything(wanted, passages)
     best = int(torch.argmax(by_score)) if signal == "score_led" and len(passages) else -1
     if best >= 0 and bool(named[best]):
-        titled = _titles_name_everything(wanted, passages)
         # Only the best-scored passage's own article (its title) is ranked by score; other
         # sources that name everything keep the guard (a generic title such as a file name
-        # says nothing about what a page is about).
+        # says nothing about what a page is about), and so does a page that opens with them.
         article = passages[best].title.strip()
-        other = [not p.title.strip() or p.title.strip() != article or _opens_with(wanted, p.text) for p in passages]
-        named = named & torch.tensor(other, dtype=torch.bool)
-        if bool(titled.any()):
-            named[int(torch.argmax(torch.where(titled, by_score, -1.0)))] = True
+        guarded = [not p.title.strip() or p.title.strip() != article or _opens_with(wanted, p.text) for p in passages]
+        named = named & torch.tensor(guarded, dtype=torch.bool)
     return per_source(torch.where(named, by_terms, both), passages)
 
 
@@ -199,11 +197,4 @@ def _names_everything(wanted: set[str], passages: Sequence[Passage]) -> torch.Te
 def _opens_with(wanted: set[str], text: str) -> bool:
     """Whether ``text`` opens with every key term (within one word more): a page about them
     ("Lars Berg (born 1954) is ..."), whatever its title."""
-    return wanted <= {w.lower() for w in _words(text[: 40 * (len(wanted) + 1)])[: len(wanted) + 1]}
-
-
-def _titles_name_everything(wanted: set[str], passages: Sequence[Passage]) -> torch.Tensor:
-    """(n,) bool: the passage's title holds every one of the key terms ``wanted`` (all False without any)."""
-    if not wanted:
-        return torch.zeros(len(passages), dtype=torch.bool)
-    return torch.tensor([wanted <= set(_words(p.title.lower())) for p in passages], dtype=torch.bool)
+    return wanted <= {w.lower() for w in _words(text)[: len(wanted) + 1]}

@@ -3,15 +3,15 @@
 Three filters, in order: the source-coverage gate (no source names what the query asks
 about, or the query has no word at all: search none), passage relevance (sources under the
 threshold are left out, and so never encoded; so are passages with no text), and duplicates
-(identical text held by several passages is one candidate, held by the best-ranked one). A searched passage that is not
-in NFC is searched as its NFC copy; :meth:`SourceSelection.to_source` maps citations back.
+(identical text held by several passages is one candidate, held by the best-ranked one). A
+searched passage that is not in NFC is searched as its NFC copy;
+:meth:`SourceSelection.to_source` maps citations back.
 Retrieval itself and the token index are not done here.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +24,6 @@ from .relevance import passage_relevance, source_coverage
 from .unicode_form import OffsetMap, nfc_copy, restore
 
 log = logging.getLogger(__name__)
-_WORD = re.compile(r"\w")
 
 
 @dataclass
@@ -54,10 +53,6 @@ def select_sources(query: str, retrieved: Sequence[ScoredPassage], config: NestC
     if not retrieved:
         return selection
     passages = [s.passage for s in retrieved]
-    if not _WORD.search(query):  # "?!?", "...": a query without a word is about nothing a source says
-        selection.gated = config.min_source_coverage > 0
-        if selection.gated:
-            return selection
     selection.coverage = source_coverage(query, passages)
     selection.gated = selection.coverage is not None and selection.coverage < config.min_source_coverage
     if selection.gated:

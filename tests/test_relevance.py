@@ -142,6 +142,7 @@ def test_source_coverage_is_absolute_and_counts_a_document_as_one_source() -> No
     assert source_coverage(query, [KERSHAW, ROBERT]) == 0.5
     assert source_coverage(query, []) == 0.0
     assert source_coverage("who is he?", [BOULTER]) is None
+    assert source_coverage("?!?", [BOULTER]) == 0.0  # a query without a word is about nothing
     halves = [
         Passage(id="1", text="Robert was born in 1977.", document_id="d"),
         Passage(id="2", text="Boulter acted on stage.", document_id="d"),
