@@ -5,8 +5,9 @@ its text and citations. :class:`BatchLoop` advances many jobs in lockstep over o
 :class:`~nest_integrations.step_model.BatchedStepModel`: each step, every job's decoder asks for
 its next forward (a one-token step or a draft to verify), all run in one padded forward, and
 each job's decoder goes on alone (its own mixture, acceptance, splice rule and citations) until
-it asks again. Jobs join and leave at step boundaries. :class:`BatchScheduler` runs a loop in a
-thread of its own and admits requests as they arrive (continuous batching, for servers).
+it asks again. Jobs join and leave at step boundaries. :class:`BatchScheduler` holds an engine's
+requests and admits them as they arrive (continuous batching); the process's decode thread
+(``decode_thread.py``) steps every engine's loop.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .citations import NestResult, NestStats, Provenance
+from .decode_thread import decode_thread
 from .decoding import DecodeCounters, DecodeStep, NestDecoder
 from .sources import SourceSelection
-from .step_model import BatchedStepModel, Forward, StepOutput
+from .step_model import BatchedStepModel, Forward, SingleStepModel, StepModel, StepOutput
 from .streaming import AnswerAssembler, NestChunk
 
 if TYPE_CHECKING:
@@ -116,15 +118,23 @@ class BatchLoop:
     or the exception that ended that job alone.
     """
 
-    def __init__(self, lm: LoadedLM, verify_chunk: int | Literal["auto"] | None = "auto") -> None:
+    def __init__(
+        self,
+        lm: LoadedLM,
+        verify_chunk: int | Literal["auto"] | None = "auto",
+        *,
+        step_model: StepModel | None = None,
+    ) -> None:
         """``verify_chunk``: while other rows share the batch, a row verifies its draft at most this
         many tokens a step (a piece with a rejection ends it; greedy output does not change);
         None: whole drafts. "auto": 32 on a CPU, where a forward costs about as much per token
         past ~8 tokens and one row's 64-token draft would make every row's step several times
         longer (32 measured best of 8-64 at 8 concurrent requests with free copying, session 7;
         8 had been best with the sentence lock on, ``benchmarks/RESULTS.md``), a new span's first
-        piece ``FIRST_PIECE_CPU``; None elsewhere."""
-        self.model = BatchedStepModel(lm, need_hidden=True)
+        piece ``FIRST_PIECE_CPU``; None elsewhere. ``step_model``: what serves the forwards
+        (default: a :class:`BatchedStepModel`; a ``SingleStepModel`` takes one row at a time)."""
+        self.model: Any = step_model if step_model is not None else BatchedStepModel(lm, need_hidden=True)
+        self._pieces = step_model is None  # draft pieces are a policy of a shared batch alone
         if (
             verify_chunk is not None
             and verify_chunk != "auto"
@@ -183,8 +193,9 @@ class BatchLoop:
     def _advance(self, key: int, output: StepOutput | None) -> None:
         """Run a job's decoder until its next forward request, delivering its chunks."""
         row = self.rows[key]
-        row.job.decoder.verify_chunk = self._chunk()
-        row.job.decoder.first_verify_chunk = self._first_chunk()
+        if self._pieces:
+            row.job.decoder.verify_chunk = self._chunk()
+            row.job.decoder.first_verify_chunk = self._first_chunk()
         try:
             event = row.events.send(output) if output is not None else next(row.events)
             while isinstance(event, DecodeStep):
@@ -256,34 +267,50 @@ _SCHEDULERS: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
 
 @atexit.register
 def _close_schedulers() -> None:
-    """Stop every batch thread before the interpreter shuts down (a thread still blocked in
-    its queue while torch tears down can abort the process)."""
+    """Stop every scheduler before the interpreter shuts down (then the decode thread ends: a
+    thread still decoding while torch tears down can abort the process)."""
     for scheduler in list(_SCHEDULERS):
         scheduler.close()
 
 
 class BatchScheduler:
-    """Continuous batching: a thread that admits requests into a running :class:`BatchLoop`.
+    """Continuous batching: admits requests into a running :class:`BatchLoop` at step boundaries.
 
     Requests wait in arrival order; up to ``max_batch`` decode at once, and a waiting request
-    joins at the next step boundary after a slot frees. ``lock`` is held around each step (the
-    engine's lock: the model is not used by anything else meanwhile). Source selection and
-    passage encoding (``prepare``) also run in this thread, between steps.
+    joins at the next step boundary after a slot frees. The process's decode thread
+    (:mod:`~nest_integrations.decode_thread`) steps the loop while it has work, so source selection,
+    passage encoding (``prepare``) and decoding all run on that one thread. ``lock`` is held around
+    each step (the engine's lock: the model is not used by anything else meanwhile).
+    ``single``: the loop decodes one request at a time with its own KV cache (``max_batch`` 1:
+    what an engine without batching does), exactly as ``NestDecoder.run`` does.
     """
 
-    def __init__(self, lm: LoadedLM, max_batch: int, lock: AbstractContextManager[Any]) -> None:
+    def __init__(
+        self, lm: LoadedLM, max_batch: int, lock: AbstractContextManager[Any], *, single: bool = False
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if single and max_batch != 1:
+            raise ValueError(f"a single-row scheduler has max_batch 1, got {max_batch}")
         self.lm = lm
         self.max_batch = max_batch
         self.lock = lock
+        self.single = single
         self._waiting: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         _SCHEDULERS.add(self)
         self._closed = False
+        self._used = False  # a request was ever queued
+        self._stopped = threading.Event()
+        self._loop: BatchLoop | None = None
+        self._owners: dict[int, _Submission] = {}
         self.active = 0  # requests decoding now
         self.peak_active = 0  # the most requests that decoded together so far
+
+    def _new_loop(self) -> BatchLoop:
+        if self.single:
+            return BatchLoop(self.lm, step_model=SingleStepModel(self.lm, need_hidden=True))
+        return BatchLoop(self.lm)
 
     def submit(self, prepare: Callable[[], DecodeJob | NestChunk]) -> Iterator[NestChunk]:
         """Queue a request now; iterate the result for its chunks (closing the iterator cancels it)."""
@@ -331,43 +358,57 @@ class BatchScheduler:
         with self._start_lock:
             if self._closed:
                 raise RuntimeError("the engine's batch scheduler is closed (the interpreter is exiting)")
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="nest-batch", daemon=True)
-                self._thread.start()
-        self._waiting.put(submission)
+            self._used = True
+            self._waiting.put(submission)
+        decode_thread().wake(self)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the batch thread: requests still decoding or waiting get a ``RuntimeError``."""
+        """Stop scheduling: requests still decoding or waiting get a ``RuntimeError``, later ones are refused."""
         with self._start_lock:
+            if self._closed:
+                return
             self._closed = True
-            thread = self._thread
-        self._waiting.put(_STOP)  # type: ignore[arg-type]
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            if not self._used:  # nothing was ever queued: nothing to stop on the decode thread
+                self._stopped.set()
+                return
+            self._waiting.put(_STOP)  # type: ignore[arg-type]
+        thread = decode_thread()
+        if thread.on_thread():
+            self.run_once()
+        else:
+            thread.wake(self)
+            self._stopped.wait(timeout)
 
-    def _run(self) -> None:
-        loop = BatchLoop(self.lm)
-        owners: dict[int, _Submission] = {}
-        while True:
-            try:
-                if not self._iterate(loop, owners):
-                    return
-            except Exception as e:  # a bug in the loop itself: fail what it held, keep serving
-                log.exception("the batch loop failed; its requests get the error")
-                for submission in owners.values():
-                    _deliver(submission.put, e)
-                owners.clear()
-                loop = BatchLoop(self.lm)
-            self._count(loop)
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run to its end (requests are refused)."""
+        return self._stopped.is_set()
+
+    def has_work(self) -> bool:
+        """Requests decoding or waiting (or a stop to carry out)."""
+        return bool(self._loop is not None and self._loop.rows) or not self._waiting.empty()
+
+    def run_once(self) -> None:
+        """Admit what waits, drop cancelled rows, run one step (on the decode thread)."""
+        if self._stopped.is_set():
+            return
+        if self._loop is None:
+            self._loop = self._new_loop()
+        try:
+            if not self._iterate(self._loop, self._owners):
+                self._stopped.set()
+        except Exception as e:  # a bug in the loop itself: fail what it held, keep serving
+            log.exception("the batch loop failed; its requests get the error")
+            for submission in self._owners.values():
+                _deliver(submission.put, e)
+            self._owners.clear()
+            self._loop = self._new_loop()
+        self._count(self._loop)
 
     def _iterate(self, loop: BatchLoop, owners: dict[int, _Submission]) -> bool:
-        """Admit what waits (blocking when idle), drop cancelled rows, run one step; False: stop."""
+        """Admit what waits, drop cancelled rows, run one step; False: stopped."""
         if not loop.rows:
             owners.clear()
-            submission = self._waiting.get()  # idle: wait for a request
-            if submission is _STOP:
-                return False
-            self._admit(loop, owners, submission)
         while len(loop) < self.max_batch:
             try:
                 submission = self._waiting.get_nowait()

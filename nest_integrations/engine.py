@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .async_utils import iterate_in_thread
+from . import decode_thread
 from .batching import BatchLoop, BatchScheduler, DecodeJob
 from .citations import NestResult, NestStats
 from .config import NestConfig, default_config, with_overrides
@@ -103,7 +103,8 @@ class NestEngine:
         # paused a stream (which holds it until exhausted or closed) may still call the engine.
         self._lock = threading.RLock()
         self.max_batch = max_batch
-        self._scheduler = BatchScheduler(self.lm, max_batch, self._lock) if max_batch > 1 else None
+        # Every request decodes on the process's decode thread (see decode_thread.py), batched or not.
+        self._scheduler = BatchScheduler(self.lm, max_batch, self._lock, single=max_batch == 1)
 
     # Public API ------------------------------------------------------------------------------
 
@@ -146,20 +147,23 @@ class NestEngine:
                 tokenised twice; ``prompt`` still gives the query.
             **overrides: any :class:`NestConfig` field for this call only (e.g. ``max_new_tokens``).
 
-        Without batching (``max_batch=1``) an unfinished stream holds the engine: other threads'
-        calls wait until it is exhausted or closed (``close()``, or leaving a ``for`` loop
-        over it and dropping it); the same thread may go on calling the engine.
+        Decoding runs on the process's decode thread (:mod:`~nest_integrations.decode_thread`),
+        whatever thread calls; without batching (``max_batch=1``) requests decode one at a time
+        in arrival order. A stream decodes ahead of its reader (its chunks wait for it); closing
+        it (``close()``, or leaving a ``for`` loop over it and dropping it) cancels the request.
         """
         prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)  # bad input raises here
         return self._decode_when_read(prepare)
 
     def _decode_when_read(self, prepare: Callable[[], DecodeJob | NestChunk]) -> Iterator[NestChunk]:
         """Decoding starts at the first ``next`` (a stream never read costs nothing)."""
-        if self._scheduler is not None:
-            yield from self._scheduler.submit(prepare)
+        if decode_thread.decode_thread().on_thread():
+            # Called from work already on the decode thread (a first stage that asks the LM to rewrite
+            # its query): queued, it would wait for its own thread. Decoded here and now, alone.
+            with self._lock:
+                yield from _decode_alone(prepare())
             return
-        with self._lock:
-            yield from _decode_alone(prepare())
+        yield from self._scheduler.submit(prepare)
 
     def generate_batch(
         self,
@@ -218,10 +222,10 @@ class NestEngine:
             )
             for i, prompt in enumerate(prompts)
         ]
-        if self._scheduler is not None:
+        if self.max_batch > 1:
             streams = [self._scheduler.submit(job) for job in jobs]
             return [_last_result(chunks) for chunks in streams]
-        return self._decode_together(jobs, size)
+        return decode_thread.call(partial(self._decode_together, jobs, size))
 
     async def agenerate_batch(
         self,
@@ -246,7 +250,7 @@ class NestEngine:
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def _decode_together(self, jobs: list[Callable[[], DecodeJob | NestChunk]], size: int) -> list[NestResult]:
-        """Decode prepared requests ``size`` at a time in this thread; rows are refilled as they finish."""
+        """Decode prepared requests ``size`` at a time (on the decode thread); rows are refilled as they finish."""
         results: list[NestResult | BaseException | None] = [None] * len(jobs)
 
         def collect(i: int) -> Callable[[NestChunk | BaseException], None]:
@@ -333,15 +337,10 @@ class NestEngine:
         prompt_ids: Sequence[int] | None = None,
         **overrides: Any,
     ) -> AsyncIterator[NestChunk]:
-        """:meth:`stream` for asyncio: decoding runs in a worker thread, never on the event loop
-        (with ``max_batch`` > 1, in the batch's thread: no thread waits per request)."""
-        if self._scheduler is not None:
-            prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
-            async for chunk in self._scheduler.asubmit(prepare):
-                yield chunk
-            return
-        stream = partial(self.stream, prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids)
-        async for chunk in iterate_in_thread(lambda: stream(**overrides)):
+        """:meth:`stream` for asyncio: decoding runs on the decode thread, never on the event
+        loop, and no thread waits per request."""
+        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
+        async for chunk in self._scheduler.asubmit(prepare):
             yield chunk
 
     async def agenerate(
@@ -354,17 +353,12 @@ class NestEngine:
         prompt_ids: Sequence[int] | None = None,
         **overrides: Any,
     ) -> NestResult:
-        """:meth:`generate` for asyncio, in a worker thread (with ``max_batch`` > 1: in the batch)."""
-        if self._scheduler is not None:
-            prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
-            async for chunk in self._scheduler.asubmit(prepare):
-                if chunk.result is not None:
-                    return chunk.result
-            raise RuntimeError("the stream ended without a result")  # unreachable: the last chunk has one
-        call = partial(
-            self.generate, prompt, passages=passages, query=query, chat=chat, prompt_ids=prompt_ids, **overrides
-        )
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        """:meth:`generate` for asyncio: decoding runs on the decode thread (see :meth:`astream`)."""
+        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
+        async for chunk in self._scheduler.asubmit(prepare):
+            if chunk.result is not None:
+                return chunk.result
+        raise RuntimeError("the stream ended without a result")  # unreachable: the last chunk has one
 
     def retrieve(self, query: str, k: int | None = None) -> list[ScoredPassage]:
         """Run the first stage alone."""
@@ -380,8 +374,11 @@ class NestEngine:
         """Plain greedy decoding with the same loaded model (a baseline); see :func:`plain.plain_generate`."""
         from .plain import plain_generate
 
-        with self._lock:
-            return plain_generate(self.lm, list(prompt_ids), max_new_tokens, **options)
+        def run() -> PlainOutput:
+            with self._lock:
+                return plain_generate(self.lm, list(prompt_ids), max_new_tokens, **options)
+
+        return decode_thread.call(run)  # where NEST decodes, so the two are timed alike
 
     def dense_retriever(self) -> PassageRetriever:
         """The first stage's dense-only view (see :func:`hooks.dense_retriever`)."""

@@ -376,8 +376,8 @@ def test_generate_batch_on_a_batching_engine_decodes_together(
         same_result(a, b)
     scheduler = batching._scheduler
     assert scheduler is not None and scheduler.peak_active >= 2
-    scheduler.close()  # what runs at interpreter exit: the thread ends, later requests are refused
-    assert scheduler._thread is not None and not scheduler._thread.is_alive()
+    scheduler.close()  # what runs at interpreter exit: its requests end, later ones are refused
+    assert scheduler.closed and not scheduler.has_work()
     with pytest.raises(RuntimeError, match="closed"):
         batching.generate("Hi", passages=[], max_new_tokens=2)
 

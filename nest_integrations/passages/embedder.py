@@ -56,8 +56,17 @@ class SentenceEmbedder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """(n, dim) float32 unit vectors. On a CPU the work runs on the process's decode thread,
+        where the engines' forwards run (:mod:`~nest_integrations.decode_thread` says why)."""
+        if self.device.type == "cpu":
+            from ..decode_thread import call
+
+            return call(lambda: self._encode(texts, batch_size, progress))
+        return self._encode(texts, batch_size, progress)
+
+    @torch.inference_mode()
+    def _encode(self, texts: Sequence[str], batch_size: int, progress: bool) -> np.ndarray:
         from tqdm.auto import tqdm
 
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
