@@ -16,8 +16,10 @@ measures decoding. Greedy outputs of (a) and (b) are compared and any difference
 
 Also per system: the model's forwards (one per batched step), and with ``--time-forwards`` the mean wall time of one and
 their share of the wall time (synchronised on a GPU), so what is left is NEST's own per-row
-work. ``x one request``: aggregate tokens/s over a lone request's (one at a time, c = 1), the
-issue's GPU measure. ``--serial-up-to C`` skips the one-at-a-time system above C concurrent
+work. First every prompt is sent once, alone: a single request's tokens/s and p95 latency over
+the same prompts the loads cycle through. ``x one request``: aggregate tokens/s over that (the
+issue's GPU measure); ``p95 / single p95``: a row's p95 latency over the single requests' (the
+issue's CPU latency measure). ``--serial-up-to C`` skips the one-at-a-time system above C concurrent
 requests (it decodes one request at a time, so its rate does not depend on c).
 """
 
@@ -143,11 +145,20 @@ def main() -> None:
         f"{'off' if args.no_prefix_cache else 'on'}, heap {'frozen' if args.freeze_heap else 'not frozen'}",
         "",
         "| concurrent | system | aggregate tok/s | p50 latency s | p95 latency s | x one-at-a-time | x one request "
-        "| forwards | ms a forward | forward share |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| p95 / single p95 | forwards | ms a forward | forward share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    # A single request's figures: every prompt once, alone (the same prompts the loads cycle through).
+    wall, lone_latencies, lone_results = closed_loop(one_at_a_time, texts, 1, args.max_new_tokens, overrides)
+    timer.reset()
+    lone = sum(r.stats.tokens_generated for r in lone_results) / wall
+    lone_p95 = p95(lone_latencies)
+    lines.insert(
+        1,
+        f"single requests (each of the {len(texts)} prompts alone): {lone:.1f} tok/s, p50 "
+        f"{statistics.median(lone_latencies):.2f} s, p95 {lone_p95:.2f} s",
+    )
     print("\n".join(lines), flush=True)
-    lone: float | None = None  # a lone request's tokens/s (one at a time, c = 1)
     serial: float | None = None
     for c in args.concurrency:
         prompts = [texts[i % len(texts)] for i in range(c * args.requests_per_client)]
@@ -165,15 +176,13 @@ def main() -> None:
             rows[name] = (tokens / wall, latencies, results, forwards, forward_s / max(forwards, 1), forward_s / wall)
         if "one at a time" in rows:
             serial = rows["one at a time"][0]
-            if c == 1:
-                lone = serial
         for name, (rate, latencies, _, forwards, per_forward, share) in rows.items():
             vs_serial = f"{rate / serial:.2f}" if serial else "-"
-            vs_lone = f"{rate / lone:.2f}" if lone else "-"
+            vs_lone = f"{rate / lone:.2f}"
             timing = f"{per_forward * 1000:.1f} | {share:.0%}" if args.time_forwards else "- | -"
             line = (
                 f"| {c} | {name} | {rate:.1f} | {statistics.median(latencies):.2f} | {p95(latencies):.2f} | "
-                f"{vs_serial} | {vs_lone} | {forwards} | {timing} |"
+                f"{vs_serial} | {vs_lone} | {p95(latencies) / lone_p95:.2f} | {forwards} | {timing} |"
             )
             lines.append(line)
             print(line, flush=True)
