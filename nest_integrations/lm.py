@@ -57,7 +57,9 @@ class LoadedLM:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
+        head = self.model.get_output_embeddings()
+        rows = getattr(head, "out_features", None)  # a packed head keeps no weight of its own (cpu_packing.py)
+        return int(rows if rows is not None else head.weight.shape[0])
 
     @property
     def context_length(self) -> int:
@@ -325,7 +327,8 @@ def load_lm(
     """Load ``model`` ("default", an HF model id or a local path) for inference.
 
     Device defaults to CUDA when available, else CPU; dtype to bf16 on GPU, fp32 on CPU (on a
-    CPU with native bf16, ``dtype="bfloat16"`` is about 1.8x faster: see :func:`cpu_has_native_bf16`).
+    CPU with native bf16, ``dtype="bfloat16"`` is about 1.8x faster: see :func:`cpu_has_native_bf16`;
+    its linear weights are then packed for oneDNN once, see :mod:`~nest_integrations.cpu_packing`).
     The embedded model is de-quantised from its GGUF once and then loaded from a safetensors
     copy in the cache directory (see :func:`embedded_cache_dir`). Nothing is downloaded.
 
@@ -355,6 +358,10 @@ def load_lm(
     except OSError as e:  # transformers' "not found / no weights / can't reach the hub" errors
         raise ModelNotFoundError(f"Cannot load model {model!r}: {str(e).splitlines()[0]}") from e
     lm = lm.to(dev).eval()
+    if dev.type == "cpu" and dt == torch.bfloat16:
+        from .cpu_packing import pack_linear_weights
+
+        pack_linear_weights(lm)  # the same outputs bit for bit, without a weight copy per call
     return LoadedLM(model=lm, tokenizer=tokenizer, name=name, device=dev, dtype=dt)
 
 

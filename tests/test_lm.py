@@ -77,3 +77,31 @@ def test_openai_roles_are_accepted_and_its_other_names_mapped() -> None:
     tokenizer = load_tokenizer()
     prompt = tokenizer.decode(build_prompt_ids(tokenizer, messages))
     assert "<|im_start|>system\nAnswer briefly." in prompt and "<|im_start|>tool\nAD 54-68." in prompt
+
+
+@pytest.mark.slow
+def test_packed_bfloat16_weights_give_the_same_logits_bit_for_bit(monkeypatch) -> None:
+    """On a CPU, load_lm packs a bf16 model's linear weights for oneDNN (cpu_packing.py): the
+    same kernel without a weight copy per call, so the same logits, prompt and decode steps."""
+    import torch
+    from transformers import DynamicCache
+
+    from nest_integrations import cpu_packing, load_lm
+
+    packed = load_lm("default", device="cpu", dtype="bfloat16")
+    layers = [m for m in packed.model.modules() if isinstance(m, cpu_packing.PackedLinear)]
+    if not layers:
+        pytest.skip("oneDNN's packed bf16 linear is unavailable or not exact on this CPU (left unpacked)")
+    monkeypatch.setattr(cpu_packing, "pack_linear_weights", lambda model: 0)
+    plain = load_lm("default", device="cpu", dtype="bfloat16")
+    assert not any(isinstance(m, cpu_packing.PackedLinear) for m in plain.model.modules())
+    assert len(layers) == 1 + 7 * packed.model.config.num_hidden_layers  # every projection and the LM head
+    assert packed.vocab_size == plain.vocab_size
+    ids = packed.tokenizer("Robert Boulter is an English film, television and theatre actor.", return_tensors="pt")
+    with torch.inference_mode():
+        caches = [DynamicCache(config=packed.model.config), DynamicCache(config=plain.model.config)]
+        steps = [ids.input_ids, torch.tensor([[1116]]), torch.tensor([[1116, 314, 253, 2745, 28]])]
+        for tokens in steps:
+            a = packed.model(input_ids=tokens, past_key_values=caches[0]).logits
+            b = plain.model(input_ids=tokens, past_key_values=caches[1]).logits
+            assert torch.equal(a, b)
