@@ -222,7 +222,7 @@ class NestEngine:
             )
             for i, prompt in enumerate(prompts)
         ]
-        if self.max_batch > 1:
+        if self.max_batch > 1 and not decode_thread.decode_thread().on_thread():
             streams = [self._scheduler.submit(job) for job in jobs]
             return [_last_result(chunks) for chunks in streams]
         return decode_thread.call(partial(self._decode_together, jobs, size))

@@ -80,6 +80,8 @@ class RewritingRetriever:
         assert self.engine is not None
         rewrite = self.engine.generate(f"Rewrite as a search query: {query}", passages=[], max_new_tokens=6)
         self.rewrites.append(rewrite.text)
+        both = self.engine.generate_batch([f"Rewrite: {query}", "Hi"], passages=[[], []], max_new_tokens=4)
+        self.rewrites.extend(r.text for r in both)
         return self.inner.retrieve(query, k)
 
 
@@ -94,7 +96,8 @@ def test_a_first_stage_that_calls_the_engine_does_not_deadlock(lm, corpus_retrie
     plain = NestEngine(lm, retriever=corpus_retriever)
     assert result.text == plain.generate("Tell me about Robert Boulter.", max_new_tokens=16).text
     rewrite = plain.generate("Rewrite as a search query: Tell me about Robert Boulter.", passages=[], max_new_tokens=6)
-    assert retriever.rewrites == [rewrite.text]
+    both = plain.generate_batch(["Rewrite: Tell me about Robert Boulter.", "Hi"], passages=[[], []], max_new_tokens=4)
+    assert retriever.rewrites == [rewrite.text, *(r.text for r in both)]
 
 
 def test_call_returns_results_raises_errors_and_runs_inline_on_its_own_thread() -> None:
