@@ -15,18 +15,19 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import queue
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .citations import NestResult, NestStats, Provenance
 from .decode_thread import decode_thread
 from .decoding import DecodeCounters, DecodeStep, NestDecoder
+from .fork_safe import ForkSafeLock
 from .sources import SourceSelection
 from .step_model import BatchedStepModel, Forward, SingleStepModel, StepModel, StepOutput
 from .streaming import AnswerAssembler, NestChunk
@@ -252,7 +253,19 @@ def _received(item: NestChunk | BaseException) -> NestChunk:
     return item
 
 
-_STOP = object()  # put in a scheduler's queue by close(): its thread ends
+def _fail_waiting(waiting: queue.SimpleQueue[_Submission], error: BaseException) -> None:
+    """Hand ``error`` to every request still waiting in ``waiting`` (emptied)."""
+    while True:
+        try:
+            submission = waiting.get_nowait()
+        except queue.Empty:
+            return
+        _deliver(submission.put, error)
+
+
+def _reset_after_fork() -> None:
+    for scheduler in list(_SCHEDULERS):
+        scheduler._after_fork()
 
 
 @dataclass
@@ -263,14 +276,19 @@ class _Submission:
 
 
 _SCHEDULERS: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: _reset_after_fork())
 
 
 @atexit.register
 def _close_schedulers() -> None:
     """Stop every scheduler before the interpreter shuts down (then the decode thread ends: a
     thread still decoding while torch tears down can abort the process)."""
-    for scheduler in list(_SCHEDULERS):
-        scheduler.close()
+    schedulers = list(_SCHEDULERS)
+    for scheduler in schedulers:  # all at once: waiting requests fail now, decoding ones at the next step
+        scheduler.request_stop()
+    deadline = time.monotonic() + 10.0
+    for scheduler in schedulers:
+        scheduler._stopped.wait(max(0.0, deadline - time.monotonic()))
 
 
 class BatchScheduler:
@@ -285,9 +303,7 @@ class BatchScheduler:
     what an engine without batching does), exactly as ``NestDecoder.run`` does.
     """
 
-    def __init__(
-        self, lm: LoadedLM, max_batch: int, lock: AbstractContextManager[Any], *, single: bool = False
-    ) -> None:
+    def __init__(self, lm: LoadedLM, max_batch: int, lock: ForkSafeLock, *, single: bool = False) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if single and max_batch != 1:
@@ -300,12 +316,21 @@ class BatchScheduler:
         self._start_lock = threading.Lock()
         _SCHEDULERS.add(self)
         self._closed = False
+        self._stop_asked = False  # request_stop() ran: the decode thread ends this scheduler
         self._used = False  # a request was ever queued
         self._stopped = threading.Event()
         self._loop: BatchLoop | None = None
         self._owners: dict[int, _Submission] = {}
         self.active = 0  # requests decoding now
         self.peak_active = 0  # the most requests that decoded together so far
+
+    def _after_fork(self) -> None:
+        """In a forked child: the requests belonged to the parent's threads; start empty."""
+        self._waiting = queue.SimpleQueue()
+        self._start_lock = threading.Lock()
+        self._loop = None
+        self._owners = {}
+        self.active = 0
 
     def _new_loop(self) -> BatchLoop:
         if self.single:
@@ -362,21 +387,26 @@ class BatchScheduler:
             self._waiting.put(submission)
         decode_thread().wake(self)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop scheduling: requests still decoding or waiting get a ``RuntimeError``, later ones are refused."""
+    def request_stop(self) -> None:
+        """Refuse new requests and fail the waiting ones now; the decoding ones fail at the next step."""
         with self._start_lock:
             if self._closed:
                 return
             self._closed = True
-            if not self._used:  # nothing was ever queued: nothing to stop on the decode thread
-                self._stopped.set()
-                return
-            self._waiting.put(_STOP)  # type: ignore[arg-type]
-        thread = decode_thread()
-        if thread.on_thread():
+        _fail_waiting(self._waiting, RuntimeError("the engine's batch scheduler was closed"))
+        if not self._used:  # nothing was ever decoded: nothing to stop on the decode thread
+            self._stopped.set()
+            return
+        self._stop_asked = True
+        decode_thread().wake(self)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop scheduling: requests still decoding or waiting get a ``RuntimeError``, later ones are
+        refused. Waits up to ``timeout`` seconds for the decoding ones to end (one step)."""
+        self.request_stop()
+        if decode_thread().on_thread():
             self.run_once()
         else:
-            thread.wake(self)
             self._stopped.wait(timeout)
 
     @property
@@ -386,7 +416,9 @@ class BatchScheduler:
 
     def has_work(self) -> bool:
         """Requests decoding or waiting (or a stop to carry out)."""
-        return bool(self._loop is not None and self._loop.rows) or not self._waiting.empty()
+        if self._stopped.is_set():
+            return False
+        return self._stop_asked or bool(self._loop is not None and self._loop.rows) or not self._waiting.empty()
 
     def run_once(self) -> None:
         """Admit what waits, drop cancelled rows, run one step (on the decode thread)."""
@@ -394,10 +426,13 @@ class BatchScheduler:
             return
         if self._loop is None:
             self._loop = self._new_loop()
+        if self._stop_asked:
+            self._stop(self._loop, self._owners)
+            self._stopped.set()
+            return
         try:
-            if not self._iterate(self._loop, self._owners):
-                self._stopped.set()
-        except Exception as e:  # a bug in the loop itself: fail what it held, keep serving
+            self._iterate(self._loop, self._owners)
+        except BaseException as e:  # a bug in the loop itself: fail what it held, keep serving
             log.exception("the batch loop failed; its requests get the error")
             for submission in self._owners.values():
                 _deliver(submission.put, e)
@@ -405,8 +440,8 @@ class BatchScheduler:
             self._loop = self._new_loop()
         self._count(self._loop)
 
-    def _iterate(self, loop: BatchLoop, owners: dict[int, _Submission]) -> bool:
-        """Admit what waits, drop cancelled rows, run one step; False: stopped."""
+    def _iterate(self, loop: BatchLoop, owners: dict[int, _Submission]) -> None:
+        """Admit what waits, drop cancelled rows, run one step."""
         if not loop.rows:
             owners.clear()
         while len(loop) < self.max_batch:
@@ -414,9 +449,6 @@ class BatchScheduler:
                 submission = self._waiting.get_nowait()
             except queue.Empty:
                 break
-            if submission is _STOP:
-                self._stop(loop, owners)
-                return False
             self._admit(loop, owners, submission)
         for key in [k for k, s in owners.items() if s.cancelled.is_set()]:
             with self.lock:
@@ -426,20 +458,14 @@ class BatchScheduler:
             loop.step()
         for key in [k for k in owners if k not in loop.rows]:
             owners.pop(key)
-        return True
 
     def _stop(self, loop: BatchLoop, owners: dict[int, _Submission]) -> None:
         error = RuntimeError("the engine's batch scheduler was closed")
         for key, submission in owners.items():
             loop.cancel(key)
             _deliver(submission.put, error)
-        while True:
-            try:
-                waiting = self._waiting.get_nowait()
-            except queue.Empty:
-                return
-            if waiting is not _STOP:
-                _deliver(waiting.put, error)
+        owners.clear()
+        _fail_waiting(self._waiting, error)
 
     def _admit(self, loop: BatchLoop, owners: dict[int, _Submission], submission: _Submission) -> None:
         if submission.cancelled.is_set():
@@ -451,7 +477,7 @@ class BatchScheduler:
                     _deliver(submission.put, job)
                     return
                 owners[loop.add(job, submission.put)] = submission
-        except Exception as e:
+        except BaseException as e:  # a first stage's CancelledError or SystemExit too: its request's alone
             _deliver(submission.put, e)
         self._count(loop)
 

@@ -104,7 +104,7 @@ class DecodeThread:
             for scheduler in active:
                 try:
                     scheduler.run_once()
-                except Exception:  # run_once handles its own failures; this would be a bug in it
+                except BaseException:  # run_once handles its own failures; this would be a bug in it
                     log.exception("a batch scheduler failed to step")
                 with self._cond:  # a request queued since run_once began re-wakes it; the check is under the lock
                     if not scheduler.has_work():

@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from .citations import NestResult, NestStats
 from .config import NestConfig, default_config, with_overrides
 from .decoding import NestDecoder
 from .errors import ConfigError, InvalidPassagesError, InvalidPromptError, PromptTooLongError
+from .fork_safe import ForkSafeLock
 from .lm import (
     DEFAULT_MODEL,
     LoadedLM,
@@ -101,10 +103,14 @@ class NestEngine:
         self.encoder = PassageEncoder(self.lm, max_cache_bytes=max_cache_bytes, key_store=store)
         # One user of the model at a time (a request, or a batch step). Re-entrant: a thread that
         # paused a stream (which holds it until exhausted or closed) may still call the engine.
-        self._lock = threading.RLock()
         self.max_batch = max_batch
         # Every request decodes on the process's decode thread (see decode_thread.py), batched or not.
-        self._scheduler = BatchScheduler(self.lm, max_batch, self._lock, single=max_batch == 1)
+        self._scheduler = BatchScheduler(self.lm, max_batch, ForkSafeLock(reentrant=True), single=max_batch == 1)
+
+    @property
+    def _lock(self) -> ForkSafeLock:
+        """One user of the model at a time (a batch step, an offline batch, a baseline); re-entrant."""
+        return self._scheduler.lock
 
     # Public API ------------------------------------------------------------------------------
 
@@ -120,8 +126,8 @@ class NestEngine:
     ) -> NestResult:
         """Answer ``prompt`` (a string or chat messages). See :meth:`stream` for the arguments."""
         # Decoded as :meth:`stream` does, but no chunk is built until the one with the result.
-        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
-        return _last_result(self._decode_when_read(prepare))
+        pending = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
+        return _last_result(self._decode_when_read(pending))
 
     def stream(
         self,
@@ -152,18 +158,19 @@ class NestEngine:
         in arrival order. A stream decodes ahead of its reader (its chunks wait for it); closing
         it (``close()``, or leaving a ``for`` loop over it and dropping it) cancels the request.
         """
-        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)  # bad input raises here
-        return self._decode_when_read(prepare)
+        pending = self._submission(prompt, passages, query, chat, prompt_ids, overrides)  # bad input raises here
+        return self._decode_when_read(pending)
 
-    def _decode_when_read(self, prepare: Callable[[], DecodeJob | NestChunk]) -> Iterator[NestChunk]:
-        """Decoding starts at the first ``next`` (a stream never read costs nothing)."""
+    def _decode_when_read(self, pending: _Pending) -> Iterator[NestChunk]:
+        """Decoding starts at the first ``next`` (a stream never read costs nothing). The first
+        stage runs in this thread (a slow one delays this request alone), the rest on the decode thread."""
         if decode_thread.decode_thread().on_thread():
-            # Called from work already on the decode thread (a first stage that asks the LM to rewrite
-            # its query): queued, it would wait for its own thread. Decoded here and now, alone.
+            # Called from work already on the decode thread (``decode_thread.call``): queued, it would
+            # wait for its own thread. Decoded here and now, alone.
             with self._lock:
-                yield from _decode_alone(prepare())
+                yield from _decode_alone(pending.prepared()())
             return
-        yield from self._scheduler.submit(prepare)
+        yield from self._scheduler.submit(pending.prepared())
 
     def generate_batch(
         self,
@@ -210,7 +217,7 @@ class NestEngine:
         size = batch_size if batch_size is not None else (self.max_batch if self.max_batch > 1 else 8)
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {size!r}")
-        jobs = [
+        pendings = [
             self._submission(
                 prompt,
                 None if passages is None else passages[i],
@@ -222,6 +229,7 @@ class NestEngine:
             )
             for i, prompt in enumerate(prompts)
         ]
+        jobs = [pending.prepared_or_error() for pending in pendings]  # the first stage, in this thread
         if self.max_batch > 1 and not decode_thread.decode_thread().on_thread():
             streams = [self._scheduler.submit(job) for job in jobs]
             return [_last_result(chunks) for chunks in streams]
@@ -247,6 +255,8 @@ class NestEngine:
             batch_size=batch_size,
             **overrides,
         )
+        if decode_thread.decode_thread().on_thread():  # an event loop run on the decode thread itself
+            return call()
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def _decode_together(self, jobs: list[Callable[[], DecodeJob | NestChunk]], size: int) -> list[NestResult]:
@@ -295,7 +305,7 @@ class NestEngine:
         overrides: dict[str, Any],
         *,
         stream: bool = True,
-    ) -> Callable[[], DecodeJob | NestChunk]:
+    ) -> _Pending:
         """Validate a request now (errors raise in the caller) and return what prepares its job
         (``stream=False``: its chunks before the last are not built, for callers of the result alone)."""
         cfg = self.call_config(**overrides)
@@ -306,7 +316,10 @@ class NestEngine:
         # A text-completion prompt is where the answer's first sentence begins (claims read its subject there).
         lead = (completion_text(self.lm.tokenizer, messages, chat=chat) or "") if prompt_ids is None else ""
         query = query or last_user_text(messages)
-        return partial(self._prepare, query, ids, cfg, _passage_list(passages), stream, lead)
+        given = _passage_list(passages)
+        return _Pending(
+            partial(self._select_timed, query, given, cfg), partial(self._prepare, query, ids, cfg, stream, lead)
+        )
 
     def call_config(self, **overrides: Any) -> NestConfig:
         """The engine's config with per-call overrides applied; raises ``ConfigError`` on bad values."""
@@ -339,7 +352,12 @@ class NestEngine:
     ) -> AsyncIterator[NestChunk]:
         """:meth:`stream` for asyncio: decoding runs on the decode thread, never on the event
         loop, and no thread waits per request."""
-        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
+        pending = self._submission(prompt, passages, query, chat, prompt_ids, overrides)
+        if decode_thread.decode_thread().on_thread():  # an event loop run on the decode thread itself
+            for chunk in self._decode_when_read(pending):
+                yield chunk
+            return
+        prepare = await asyncio.get_running_loop().run_in_executor(None, pending.prepared)  # the first stage
         async for chunk in self._scheduler.asubmit(prepare):
             yield chunk
 
@@ -354,7 +372,10 @@ class NestEngine:
         **overrides: Any,
     ) -> NestResult:
         """:meth:`generate` for asyncio: decoding runs on the decode thread (see :meth:`astream`)."""
-        prepare = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
+        pending = self._submission(prompt, passages, query, chat, prompt_ids, overrides, stream=False)
+        if decode_thread.decode_thread().on_thread():  # an event loop run on the decode thread itself
+            return _last_result(self._decode_when_read(pending))
+        prepare = await asyncio.get_running_loop().run_in_executor(None, pending.prepared)  # the first stage
         async for chunk in self._scheduler.asubmit(prepare):
             if chunk.result is not None:
                 return chunk.result
@@ -399,20 +420,27 @@ class NestEngine:
                 _check_unicode(p.passage)
         return select_sources(query, retrieved, cfg)
 
+    def _select_timed(
+        self, query: str, given: Sequence[Passage | ScoredPassage] | None, cfg: NestConfig
+    ) -> tuple[SourceSelection, float]:
+        """The sources (first stage and selection) and the seconds they took."""
+        t0 = time.perf_counter()
+        sources = self._select(query, given, cfg)
+        return sources, time.perf_counter() - t0
+
     def _prepare(
         self,
         query: str,
         prompt_ids: list[int],
         cfg: NestConfig,
-        given: Sequence[Passage | ScoredPassage] | None,
-        stream: bool = True,
-        lead: str = "",
+        stream: bool,
+        lead: str,
+        selected: tuple[SourceSelection, float],
     ) -> DecodeJob | NestChunk:
-        """Select sources and build the token index: a job ready to decode, or an abstention.
+        """Build the token index of the selected sources: a job ready to decode, or an abstention.
         ``lead``: the text-completion prompt the answer continues ("" after a chat turn)."""
         stats = NestStats(prompt_tokens=len(prompt_ids))
-        t0 = time.perf_counter()
-        sources = self._select(query, given, cfg)
+        sources, first_stage_seconds = selected
         t1 = time.perf_counter()
         misses = self.encoder.misses
         # Sources that are not searched are not encoded either.
@@ -423,7 +451,7 @@ class NestEngine:
             else None
         )
         t2 = time.perf_counter()
-        stats.first_stage_seconds, stats.token_index_seconds = t1 - t0, t2 - t1
+        stats.first_stage_seconds, stats.token_index_seconds = first_stage_seconds, t2 - t1
         stats.passages, stats.passages_encoded = len(sources.retrieved), self.encoder.misses - misses
         stats.passages_searched, stats.source_coverage = len(sources.searched), sources.coverage
         if cfg.grounded_only and index is None:
@@ -443,6 +471,30 @@ class NestEngine:
         # Generation stops at the context limit (documented).
         budget = min(cfg.max_new_tokens, self.lm.context_length - len(prompt_ids))
         return DecodeJob(decoder, answer, sources, stats, prompt_ids, budget, started=t2)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A validated request: ``select`` runs its first stage (in the caller's thread, so a slow
+    one holds up no other request), ``build`` the rest on the decode thread."""
+
+    select: Callable[[], tuple[SourceSelection, float]]
+    build: Callable[[tuple[SourceSelection, float]], DecodeJob | NestChunk]
+
+    def prepared(self) -> Callable[[], DecodeJob | NestChunk]:
+        """Run the first stage now; what is left to run on the decode thread (errors raise here)."""
+        return partial(self.build, self.select())
+
+    def prepared_or_error(self) -> Callable[[], DecodeJob | NestChunk]:
+        """:meth:`prepared`, with an error of the first stage raised later, by the returned callable."""
+        try:
+            return self.prepared()
+        except Exception as e:
+            return partial(_raise, e)
+
+
+def _raise(error: BaseException) -> DecodeJob | NestChunk:
+    raise error
 
 
 def _passage_list(passages: Any) -> list[Passage | ScoredPassage] | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import threading
 import time
 import uuid
 import zlib
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fork_safe import ForkSafeLock
 from .lm import LoadedLM
 from .passages.types import Passage
 
@@ -73,7 +73,7 @@ class PassageEncoder:
         self.key_store = key_store
         self._cache: OrderedDict[str, EncodedPassage] = OrderedDict()
         self._cache_bytes = 0
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self.hits = 0
         self.misses = 0
 
@@ -373,7 +373,7 @@ class KeyStore:
         self.writable = writable
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._entries: dict[str, tuple[int, list[int]]] = {}  # content key -> (part, row)
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         for part in sorted(directory.glob("part-*")):
             self._load_part(part)
 

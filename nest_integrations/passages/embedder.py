@@ -7,7 +7,6 @@ transformers, so no extra dependency is needed. Any other local or HF encoder pa
 from __future__ import annotations
 
 import importlib.util
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fork_safe import ForkSafeLock
 from .devices import resolve_torch_device
 
 DEFAULT_EMBEDDER = "default"
@@ -50,7 +50,7 @@ class SentenceEmbedder:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(source)
         self.model: Any = AutoModel.from_pretrained(source).to(self.device).eval()
         self.max_length = max_length
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     @property
     def dim(self) -> int:
