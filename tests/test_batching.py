@@ -349,9 +349,7 @@ def test_a_consumer_that_is_gone_leaves_the_rest_of_the_batch_alone(engine, mixe
 
     def prepare(i: int):
         prompt, given = mixed_requests[i]
-        cfg = engine.call_config(max_new_tokens=40)
-        query = prompt if isinstance(prompt, str) else prompt[-1]["content"]
-        return engine._prepare(query, engine.prompt_ids(prompt), cfg, given)
+        return engine._submission(prompt, given, None, None, None, {"max_new_tokens": 40}).prepared()()
 
     def gone(item) -> None:
         raise RuntimeError("Event loop is closed")
