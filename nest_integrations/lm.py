@@ -360,8 +360,11 @@ def load_lm(
     lm = lm.to(dev).eval()
     if dev.type == "cpu" and dt == torch.bfloat16:
         from .cpu_packing import pack_linear_weights
+        from .decode_thread import call
 
-        pack_linear_weights(lm)  # the same outputs bit for bit, without a weight copy per call
+        # The same outputs bit for bit, without a weight copy per call. On the decode thread: its
+        # check runs matrix products, which would give this thread an OpenMP team (decode_thread.py).
+        call(lambda: pack_linear_weights(lm))
     return LoadedLM(model=lm, tokenizer=tokenizer, name=name, device=dev, dtype=dt)
 
 
