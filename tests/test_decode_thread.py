@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
@@ -13,27 +14,25 @@ from nest_integrations.decode_thread import DecodeThread, decode_thread
 from nest_integrations.passages.types import ScoredPassage
 
 
-@pytest.fixture
-def forward_threads(lm) -> Iterator[set[str]]:
-    """Names of the threads that run the model's forwards while the test runs."""
-    names: set[str] = set()
-    inner = lm.model.forward
+@contextmanager
+def forward_threads(model) -> Iterator[list[str]]:
+    """Names of the threads that run ``model``'s forwards inside the block, one per forward."""
+    names: list[str] = []
+    inner = model.forward
 
     def forward(*args, **kwargs):
-        names.add(threading.current_thread().name)
+        names.append(threading.current_thread().name)
         return inner(*args, **kwargs)
 
-    lm.model.forward = forward
+    model.forward = forward
     try:
         yield names
     finally:
-        del lm.model.forward  # the class's forward again
+        del model.forward  # the class's forward again
 
 
 @pytest.mark.slow
-def test_two_engines_called_from_many_threads_decode_on_one_thread(
-    lm, corpus_retriever, boulter_passages, forward_threads
-) -> None:
+def test_two_engines_called_from_many_threads_decode_on_one_thread(lm, corpus_retriever, boulter_passages) -> None:
     alone = NestEngine(lm, retriever=corpus_retriever)
     batching = NestEngine(lm, retriever=corpus_retriever, max_batch=4)
     calls = [
@@ -44,27 +43,17 @@ def test_two_engines_called_from_many_threads_decode_on_one_thread(
         lambda: alone.generate_batch(["Hi", "Who was Nero?"], max_new_tokens=6),
         lambda: alone.plain_generate(alone.prompt_ids("Hi"), 4),
     ]
-    with ThreadPoolExecutor(6) as pool:
+    with forward_threads(lm.model) as names, ThreadPoolExecutor(6) as pool:
         results = [f.result(timeout=300) for f in [pool.submit(c) for c in calls]]
     assert results[0].text == results[2].text  # batched or not, the same answer
-    assert forward_threads == {"nest-decode"}
+    assert set(names) == {"nest-decode"}
 
 
 def test_the_sentence_encoder_runs_on_the_decode_thread(corpus_retriever) -> None:
     embedder = corpus_retriever.embedder
-    seen: list[str] = []
-    inner = embedder.model.forward
-
-    def forward(*args, **kwargs):
-        seen.append(threading.current_thread().name)
-        return inner(*args, **kwargs)
-
-    embedder.model.forward = forward
-    try:
+    with forward_threads(embedder.model) as names:
         vectors = embedder.encode(["Robert Boulter", "Nero"])
-    finally:
-        del embedder.model.forward
-    assert vectors.shape == (2, embedder.dim) and seen == ["nest-decode"]
+    assert vectors.shape == (2, embedder.dim) and names == ["nest-decode"]
 
 
 class RewritingRetriever:
