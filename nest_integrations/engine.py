@@ -101,8 +101,6 @@ class NestEngine:
         self.config = config if config is not None else default_config(self.lm.name)
         store = KeyStore.for_model(key_store, self.lm.name) if key_store is not None else None
         self.encoder = PassageEncoder(self.lm, max_cache_bytes=max_cache_bytes, key_store=store)
-        # One user of the model at a time (a request, or a batch step). Re-entrant: a thread that
-        # paused a stream (which holds it until exhausted or closed) may still call the engine.
         self.max_batch = max_batch
         # Every request decodes on the process's decode thread (see decode_thread.py), batched or not.
         self._scheduler = BatchScheduler(self.lm, max_batch, ForkSafeLock(reentrant=True), single=max_batch == 1)
