@@ -87,6 +87,7 @@ def test_packed_bfloat16_weights_give_the_same_logits_bit_for_bit(monkeypatch) -
     from transformers import DynamicCache
 
     from nest_integrations import cpu_packing, load_lm
+    from nest_integrations.step_model import _cache_argument
 
     packed = load_lm("default", device="cpu", dtype="bfloat16")
     layers = [m for m in packed.model.modules() if isinstance(m, cpu_packing.PackedLinear)]
@@ -98,10 +99,11 @@ def test_packed_bfloat16_weights_give_the_same_logits_bit_for_bit(monkeypatch) -
     assert len(layers) == 1 + 7 * packed.model.config.num_hidden_layers  # every projection and the LM head
     assert packed.vocab_size == plain.vocab_size
     ids = packed.tokenizer("Robert Boulter is an English film, television and theatre actor.", return_tensors="pt")
+    cache_argument = _cache_argument(type(packed.model))  # "cache" in transformers 5.2x
     with torch.inference_mode():
         caches = [DynamicCache(config=packed.model.config), DynamicCache(config=plain.model.config)]
         steps = [ids.input_ids, torch.tensor([[1116]]), torch.tensor([[1116, 314, 253, 2745, 28]])]
         for tokens in steps:
-            a = packed.model(input_ids=tokens, past_key_values=caches[0]).logits
-            b = plain.model(input_ids=tokens, past_key_values=caches[1]).logits
+            a = packed.model(input_ids=tokens, **{cache_argument: caches[0]}).logits
+            b = plain.model(input_ids=tokens, **{cache_argument: caches[1]}).logits
             assert torch.equal(a, b)
