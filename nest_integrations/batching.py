@@ -264,6 +264,7 @@ def _fail_waiting(waiting: queue.SimpleQueue[_Submission], error: BaseException)
 
 
 def _reset_after_fork() -> None:
+    """In a forked child, every scheduler starts empty (see ``fork_safe.py``)."""
     for scheduler in list(_SCHEDULERS):
         scheduler._after_fork()
 
@@ -276,7 +277,7 @@ class _Submission:
 
 
 _SCHEDULERS: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
-os.register_at_fork(after_in_child=lambda: _reset_after_fork())
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @atexit.register
@@ -296,22 +297,19 @@ class BatchScheduler:
 
     Requests wait in arrival order; up to ``max_batch`` decode at once, and a waiting request
     joins at the next step boundary after a slot frees. The process's decode thread
-    (:mod:`~nest_integrations.decode_thread`) steps the loop while it has work, so source selection,
-    passage encoding (``prepare``) and decoding all run on that one thread. ``lock`` is held around
-    each step (the engine's lock: the model is not used by anything else meanwhile).
-    ``single``: the loop decodes one request at a time with its own KV cache (``max_batch`` 1:
-    what an engine without batching does), exactly as ``NestDecoder.run`` does.
+    (:mod:`~nest_integrations.decode_thread`) steps the loop while it has work, so passage
+    encoding (``prepare``, given the request's sources) and decoding run on that one thread.
+    ``lock`` is held around each step (the engine's lock: the model is not used by anything else
+    meanwhile). With ``max_batch`` 1 (an engine without batching) each request decodes with its
+    own KV cache, exactly as ``NestDecoder.run`` does.
     """
 
-    def __init__(self, lm: LoadedLM, max_batch: int, lock: ForkSafeLock, *, single: bool = False) -> None:
+    def __init__(self, lm: LoadedLM, max_batch: int, lock: ForkSafeLock) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if single and max_batch != 1:
-            raise ValueError(f"a single-row scheduler has max_batch 1, got {max_batch}")
         self.lm = lm
         self.max_batch = max_batch
         self.lock = lock
-        self.single = single
         self._waiting: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         _SCHEDULERS.add(self)
@@ -333,7 +331,7 @@ class BatchScheduler:
         self.active = 0
 
     def _new_loop(self) -> BatchLoop:
-        if self.single:
+        if self.max_batch == 1:
             return BatchLoop(self.lm, step_model=SingleStepModel(self.lm, need_hidden=True))
         return BatchLoop(self.lm)
 

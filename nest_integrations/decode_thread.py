@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from .batching import BatchScheduler
 
-__all__ = ["DecodeThread", "call", "decode_thread"]
+__all__ = ["DecodeThread", "call", "call_on_cpu", "decode_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,12 @@ def decode_thread() -> DecodeThread:
 def call(fn: Callable[[], T]) -> T:
     """Run ``fn`` on the process's decode thread (see :meth:`DecodeThread.call`)."""
     return _DECODE_THREAD.call(fn)
+
+
+def call_on_cpu(device: Any, fn: Callable[[], T]) -> T:
+    """:func:`call` when ``device`` (a ``torch.device``) is a CPU, where OpenMP teams matter;
+    elsewhere run ``fn`` in this thread."""
+    return call(fn) if device.type == "cpu" else fn()
 
 
 @atexit.register

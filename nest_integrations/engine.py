@@ -103,7 +103,7 @@ class NestEngine:
         self.encoder = PassageEncoder(self.lm, max_cache_bytes=max_cache_bytes, key_store=store)
         self.max_batch = max_batch
         # Every request decodes on the process's decode thread (see decode_thread.py), batched or not.
-        self._scheduler = BatchScheduler(self.lm, max_batch, ForkSafeLock(reentrant=True), single=max_batch == 1)
+        self._scheduler = BatchScheduler(self.lm, max_batch, ForkSafeLock(reentrant=True))
 
     @property
     def _lock(self) -> ForkSafeLock:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .decode_thread import call_on_cpu
 from .fork_safe import ForkSafeLock
 from .lm import LoadedLM
 from .passages.types import Passage
@@ -110,7 +111,9 @@ class PassageEncoder:
                     todo.append(i)
             self.misses += len(todo)
         show = self.progress if progress is None else progress
-        fresh = self._run_uncached([passages[i] for i in todo], show) if todo else []
+        todo_passages = [passages[i] for i in todo]
+        # On a CPU on the decode thread, where the forwards run (decode_thread.py says why).
+        fresh = call_on_cpu(self.lm.device, lambda: self._encode_uncached(todo_passages, show)) if todo else []
         for i, enc in zip(todo, fresh, strict=True):
             found[i] = enc
             with self._lock:
@@ -118,14 +121,6 @@ class PassageEncoder:
         if fresh and self.key_store is not None and self.key_store.writable:
             self.key_store.add([passages[i] for i in todo], fresh)
         return [found[i] for i in range(len(passages))]
-
-    def _run_uncached(self, passages: list[Passage], progress: bool) -> list[EncodedPassage]:
-        """:meth:`_encode_uncached`, on a CPU on the process's decode thread (``decode_thread.py``)."""
-        if self.lm.device.type != "cpu":
-            return self._encode_uncached(passages, progress)
-        from .decode_thread import call
-
-        return call(lambda: self._encode_uncached(passages, progress))
 
     def _put(self, key: str, enc: EncodedPassage) -> None:
         if key in self._cache:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..decode_thread import call_on_cpu
 from ..fork_safe import ForkSafeLock
 from .devices import resolve_torch_device
 
@@ -59,11 +60,7 @@ class SentenceEmbedder:
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """(n, dim) float32 unit vectors. On a CPU the work runs on the process's decode thread,
         where the engines' forwards run (:mod:`~nest_integrations.decode_thread` says why)."""
-        if self.device.type == "cpu":
-            from ..decode_thread import call
-
-            return call(lambda: self._encode(texts, batch_size, progress))
-        return self._encode(texts, batch_size, progress)
+        return call_on_cpu(self.device, lambda: self._encode(texts, batch_size, progress))
 
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str], batch_size: int, progress: bool) -> np.ndarray:
