@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from . import row_attention
+from .row_attention import row_layout
+
 if TYPE_CHECKING:
     from .lm import LoadedLM
 
@@ -179,6 +182,9 @@ class BatchedStepModel:
     draft is). ``owner`` (T,) says which row each cache slot belongs to (-1: none, a rolled-back
     draft or a finished row); a 4-D mask lets each token attend only to its own row's slots, in
     order, and its position id counts only those. Slots are compacted when over half are dead.
+    Where the model's attention is plain causal SDPA (``per_row_attention``, the default), each
+    row's queries attend over its own slots gathered apart (:mod:`~nest_integrations.row_attention`),
+    not over the whole cache behind that mask.
 
     Prefix caching (as vLLM's automatic prefix caching, in blocks of ``PREFIX_BLOCK`` tokens): a
     new row's prompt reads the cached slots of the longest run of whole blocks that an earlier
@@ -188,7 +194,13 @@ class BatchedStepModel:
     """
 
     def __init__(
-        self, lm: LoadedLM, need_hidden: bool, *, prefix_cache: bool = True, max_idle_prefix_tokens: int = 2048
+        self,
+        lm: LoadedLM,
+        need_hidden: bool,
+        *,
+        prefix_cache: bool = True,
+        max_idle_prefix_tokens: int = 2048,
+        per_row_attention: bool = True,
     ) -> None:
         self.lm = lm
         self.need_hidden = need_hidden
@@ -202,6 +214,8 @@ class BatchedStepModel:
         self._row_blocks: dict[int, list[_PrefixBlock]] = {}
         self._next_block = 0
         self._steps = 0
+        # Per-row attention (row_attention.py) where the model's attention is plain SDPA; else one masked call.
+        self._row_attention = per_row_attention and row_attention.supported(lm.model)
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -264,7 +278,14 @@ class BatchedStepModel:
         owner = torch.cat([self.owner, new_owner])
         n_new = len(ids)
         mask = None  # one row holding the whole cache: plain causal attention, exactly as SingleStepModel runs it
-        if len(self.slots) > 1 or len(next(iter(self.slots.values()))) != t + n_new:
+        layout = None
+        shared_cache = len(self.slots) > 1 or len(next(iter(self.slots.values()))) != t + n_new
+        if shared_cache and self._row_attention:
+            # Each row attends over its own slots alone (row_attention.py); the model builds no mask.
+            rows = [(offsets[row][0], offsets[row][1], self.slots[row]) for row in requests]
+            layout = row_layout(rows, self.lm.dtype, device)
+            mask = torch.zeros((1, 1, 1, 1), dtype=self.lm.dtype, device=device)  # unused: skips transformers' mask
+        elif shared_cache:
             # Token i may see slot s when s holds its own row's token (or a prefix block its row reads)
             # and s is not after it.
             same_row = owner[None, :] == new_owner[:, None]  # (N, T + N)
@@ -292,15 +313,16 @@ class BatchedStepModel:
                 dtype=torch.long,
                 device=device,
             )
-        out = run_model(
-            self.lm,
-            self.cache,
-            self.need_hidden,
-            logits_to_keep=kept,
-            input_ids=torch.tensor([ids], dtype=torch.long, device=device),
-            attention_mask=mask,
-            position_ids=torch.tensor([positions], dtype=torch.long, device=device),
-        )
+        inputs: dict[str, Any] = {
+            "input_ids": torch.tensor([ids], dtype=torch.long, device=device),
+            "attention_mask": mask,
+            "position_ids": torch.tensor([positions], dtype=torch.long, device=device),
+        }
+        if layout is None:
+            out = run_model(self.lm, self.cache, self.need_hidden, logits_to_keep=kept, **inputs)
+        else:
+            with row_attention.selected(self.lm.model):
+                out = run_model(self.lm, self.cache, self.need_hidden, logits_to_keep=kept, nest_rows=layout, **inputs)
         self.owner = owner
         for row, reused in new_prompts.items():
             self._share_prompt(row, requests[row].tokens, reused)

@@ -38,10 +38,12 @@ def chat_ids(lm, text: str) -> list[int]:
     return build_prompt_ids(lm.tokenizer, [{"role": "user", "content": text}])
 
 
-def test_batched_step_model_gives_each_row_its_logits_alone(lm, exact_in_float32) -> None:
+@pytest.mark.parametrize("per_row", [True, False], ids=["per-row attention", "masked attention"])
+def test_batched_step_model_gives_each_row_its_logits_alone(lm, exact_in_float32, per_row) -> None:
     """Rows joining at different steps (reading the prompt prefix blocks of the rows before
     them), drafts of different lengths, rollbacks, a row leaving: each row's logits and hidden
-    states are those of the same forwards run alone."""
+    states are those of the same forwards run alone, with each row's attention run over its
+    own slots (row_attention.py) or over the whole cache with a mask (other models)."""
     prompts = ["Tell me about Robert Boulter.", "Who was Nero? Answer in detail, with dates.", "Hi"]
     ids = [chat_ids(lm, p) for p in prompts]
     rng = random.Random(0)
@@ -60,7 +62,8 @@ def test_batched_step_model_gives_each_row_its_logits_alone(lm, exact_in_float32
             length = keep + len(tokens)
         return outs
 
-    batched = BatchedStepModel(lm, need_hidden=True)
+    batched = BatchedStepModel(lm, need_hidden=True, per_row_attention=per_row)
+    assert batched._row_attention == per_row  # the embedded model's attention is plain SDPA
     outs: dict[int, list] = {r: [] for r in range(3)}
     length: dict[int, int] = {}
     for step in range(19):
