@@ -35,7 +35,7 @@ from .streaming import AnswerAssembler, NestChunk
 if TYPE_CHECKING:
     from .lm import LoadedLM
 
-__all__ = ["BatchLoop", "BatchScheduler", "DecodeJob"]
+__all__ = ["BatchLoop", "BatchScheduler", "ChunkStream", "DecodeJob"]
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,36 @@ def _received(item: NestChunk | BaseException) -> NestChunk:
     return item
 
 
+class ChunkStream(Iterator[NestChunk]):
+    """A submitted request's chunks, as they are released. ``close()`` (or dropping the stream)
+    cancels the request, even before its first chunk was read (a generator's ``finally`` would
+    not run then: ``generate_batch`` reading its results in order must be able to cancel the rest)."""
+
+    def __init__(self, chunks: queue.SimpleQueue[Any], submission: _Submission) -> None:
+        self._chunks = chunks
+        self._submission = submission
+        self._done = False
+
+    def __next__(self) -> NestChunk:
+        if self._done:
+            raise StopIteration
+        try:
+            chunk = _received(self._chunks.get())
+        except BaseException:
+            self.close()
+            raise
+        if chunk.result is not None:  # the last chunk
+            self.close()
+        return chunk
+
+    def close(self) -> None:
+        self._done = True
+        self._submission.cancelled.set()
+
+    def __del__(self) -> None:
+        self._submission.cancelled.set()
+
+
 def _fail_waiting(waiting: queue.SimpleQueue[_Submission], error: BaseException) -> None:
     """Hand ``error`` to every request still waiting in ``waiting`` (emptied)."""
     while True:
@@ -335,23 +365,12 @@ class BatchScheduler:
             return BatchLoop(self.lm, step_model=SingleStepModel(self.lm, need_hidden=True))
         return BatchLoop(self.lm)
 
-    def submit(self, prepare: Callable[[], DecodeJob | NestChunk]) -> Iterator[NestChunk]:
-        """Queue a request now; iterate the result for its chunks (closing the iterator cancels it)."""
+    def submit(self, prepare: Callable[[], DecodeJob | NestChunk]) -> ChunkStream:
+        """Queue a request now; iterate the result for its chunks (closing it cancels the request)."""
         chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         submission = _Submission(prepare, chunks.put)
         self._enqueue(submission)
-        return self._drain(chunks, submission)
-
-    @staticmethod
-    def _drain(chunks: queue.SimpleQueue[Any], submission: _Submission) -> Iterator[NestChunk]:
-        try:
-            while True:
-                chunk = _received(chunks.get())
-                yield chunk
-                if chunk.result is not None:  # the last chunk
-                    return
-        finally:
-            submission.cancelled.set()
+        return ChunkStream(chunks, submission)
 
     async def asubmit(self, prepare: Callable[[], DecodeJob | NestChunk]) -> AsyncIterator[NestChunk]:
         """:meth:`submit` for asyncio: chunks arrive on the event loop, no thread waits per request."""

@@ -20,7 +20,7 @@ import torch
 from .citations import Provenance
 from .config import NestConfig
 from .lm import LoadedLM
-from .mixture import knn_distribution, lm_distribution, mix, relative_retrieval_confidence
+from .mixture import knn_distribution, lm_distribution, mix_on_support, relative_retrieval_confidence
 from .sentence_lock import SentenceLock
 from .speculative import accepted_length, best_neighbor, relaxed_accepts, residual_distribution, strict_accepts
 from .step_model import Forward, SingleStepModel, StepModel, StepOutput
@@ -168,17 +168,21 @@ class NestDecoder:
             log_rel = torch.log(self.index.relevance[self.index.key_passage[idx]].clamp(min=1e-3))
             scored = dist - self.knn_temperature * cfg.passage_prior * log_rel
         p_knn = knn_distribution(scored, values, p_lm.shape[-1], self.knn_temperature).to(p_lm.device)
+        support = values.long()  # where p_kNN may be non-zero
         rows = [i for i, t in enumerate(forced or ()) if t >= 0]
         if rows:
+            locked = [int(forced[i]) for i in rows]  # type: ignore[index]
             p_knn[rows] = 0.0
-            p_knn[rows, [int(forced[i]) for i in rows]] = 1.0  # type: ignore[index]
+            p_knn[rows, locked] = 1.0
+            support = support.clone()
+            support[rows] = torch.tensor(locked, dtype=torch.long, device=support.device)[:, None]
         if cfg.fixed_lambda is not None:
             lam = torch.full((n,), cfg.fixed_lambda, device=p_lm.device)
         else:
             lam = relative_retrieval_confidence(dist.masked_fill(~usable, float("inf")), cfg.alpha, cfg.tau).to(
                 p_lm.device
             )
-        return _Mixture(mix(p_lm, p_knn, lam), p_lm, p_knn, lam, idx, usable)
+        return _Mixture(mix_on_support(p_lm, p_knn, lam, support.to(p_lm.device)), p_lm, p_knn, lam, idx, usable)
 
     def _sampling_distribution(self, p: torch.Tensor) -> torch.Tensor:
         """What a token is drawn from: p_M with temperature and top-p applied (sampling only)."""

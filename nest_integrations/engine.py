@@ -230,7 +230,20 @@ class NestEngine:
         jobs = [pending.prepared_or_error() for pending in pendings]  # the first stage, in this thread
         if self.max_batch > 1 and not decode_thread.decode_thread().on_thread():
             streams = [self._scheduler.submit(job) for job in jobs]
-            return [_last_result(chunks) for chunks in streams]
+            results: list[NestResult] = []
+            errors: list[Exception] = []
+            try:
+                for chunks in streams:  # every request ends before one's error is raised, as below
+                    try:
+                        results.append(_last_result(chunks))
+                    except Exception as e:
+                        errors.append(e)
+            finally:  # an interrupted caller (KeyboardInterrupt, a timeout) leaves nothing decoding
+                for chunks in streams:
+                    chunks.close()
+            if errors:
+                raise errors[0]
+            return results
         return decode_thread.call(partial(self._decode_together, jobs, size))
 
     async def agenerate_batch(

@@ -42,7 +42,10 @@ def relative_retrieval_confidence(distances: torch.Tensor, alpha: float, tau: fl
 
 def lm_distribution(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """p_LM = softmax(logits / temperature), in float32."""
-    return torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    if temperature != 1.0:  # x / 1.0 == x: skip a pass over the vocabulary
+        logits = logits / temperature
+    return torch.softmax(logits, dim=-1)
 
 
 def mix(p_lm: torch.Tensor, p_knn: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
@@ -50,3 +53,14 @@ def mix(p_lm: torch.Tensor, p_knn: torch.Tensor, lam: torch.Tensor | float) -> t
     if isinstance(lam, torch.Tensor):
         lam = lam.unsqueeze(-1)
     return lam * p_lm + (1 - lam) * p_knn
+
+
+def mix_on_support(p_lm: torch.Tensor, p_knn: torch.Tensor, lam: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """:func:`mix`, bit for bit, when p_kNN (n, V) is zero outside ``support`` (n, s) token ids
+    (the k neighbors' values, repeats allowed): lambda * p_LM everywhere, and the k-NN term
+    added at the support alone (elsewhere it is 0, and x + 0 == x). Saves two passes over the
+    vocabulary per position. lam: (n,)."""
+    lam = lam.unsqueeze(-1)
+    out = lam * p_lm
+    knn_term = (1 - lam) * p_knn.gather(-1, support)
+    return out.scatter_(-1, support, out.gather(-1, support) + knn_term)

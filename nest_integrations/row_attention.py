@@ -2,13 +2,18 @@
 
 :class:`~nest_integrations.step_model.BatchedStepModel` packs every row's new tokens into one
 sequence over one KV cache (no padding in the linear layers, where a small model spends most
-of its time). Attention over that whole cache with a mask scores every query against every
-row's slots: R rows of L slots cost R times the needed work, and grouped-query heads make
-transformers copy the whole cache per layer. Here each row's keys and values are gathered
-(padded to the longest row) and its queries (padded to the row with the most tokens) attend in
-one SDPA call over R rows: attention costs R x n x L, not N x R x L. Session 12, 2 CPU cores,
-rows of ~92 slots: a step of 8 rows x 5 tokens 142.6 -> 131.7 ms, 8 x 20 331.9 -> 272.7 ms,
-16 x 3 189.9 -> 155.4 ms (benchmarks/RESULTS.md).
+of its time). Attention over that whole cache behind one mask scores every query against every
+row's slots, copies the whole cache per layer for grouped-query heads, and runs a joining
+row's prompt through a dense N x T mask instead of SDPA's causal kernel. Here:
+
+- a joining row's whole prompt attends over a view of its slots, causally, as it would alone;
+- a long row (``VIEW_FROM_SLOTS`` slots or more) that fills at least half its span attends
+  over a view of that span, masked to its own slots;
+- the other rows' slots are gathered, padded to the longest, into one SDPA call.
+
+Session 12, 2 CPU cores: a 4.9k-token prompt batched with a short one, 14.7 s instead of
+20.4 s; 8 concurrent requests of the throughput benchmark, no measurable change
+(benchmarks/RESULTS.md).
 
 It is a transformers attention function (``AttentionInterface``), selected for one forward by
 :func:`selected`; the model's layers pass it the :class:`RowLayout` given as ``nest_rows``.
@@ -25,39 +30,101 @@ from typing import Any
 
 import torch
 
-__all__ = ["ROW_ATTENTION", "RowLayout", "row_layout", "selected", "supported"]
+__all__ = ["ROW_ATTENTION", "GatheredRows", "RowLayout", "RowWindow", "row_layout", "selected", "supported"]
 
 ROW_ATTENTION = "nest_rows"
 
 # Model types whose attention is plain causal SDPA when their config has no sliding window.
 _PLAIN_ATTENTION = frozenset({"llama", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3"})
 
-_GQA_ARGUMENT = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+@dataclass(frozen=True)
+class RowWindow:
+    """A row that attends over a view of the cache: its ``n`` queries start at ``query`` in the
+    packed sequence; its slots all lie in [``start``, ``stop``), where ``mask`` (1, 1, n,
+    stop - start), additive in the model's dtype, lets query i see the row's own slots up to its
+    own token. No mask where the row holds the whole window: it runs one token (it sees every
+    slot) or its whole window, a prompt (``causal``: SDPA's causal kernel, as a row alone)."""
+
+    query: int
+    n: int
+    start: int
+    stop: int
+    mask: torch.Tensor | None
+    causal: bool = False
 
 
 @dataclass(frozen=True)
-class RowLayout:
-    """Where each of R rows' queries and keys sit in a packed step of N new tokens.
+class GatheredRows:
+    """Rows whose slots are scattered thinly over the cache: gathered, padded, one SDPA call.
 
     ``query_index`` (R, n_max): each row's queries in the packed sequence (padding repeats its
-    first). ``kv_index`` (R, L_max): each row's cache slots in token order, its new tokens last
-    (padding: slot 0). ``mask`` (R, 1, n_max, L_max): additive, in the model's dtype.
-    ``output_index`` (N,): for each packed query, its place in the flattened (R x n_max) output.
-    """
+    first); ``kv_index`` (R, L_max): its slots (padding: slot 0); ``mask`` (R, 1, n_max, L_max)
+    additive; ``flat_index`` (M,): the real queries in the flattened (R x n_max) output, and
+    ``packed_index`` (M,): where each sits in the packed sequence."""
 
     query_index: torch.Tensor
     kv_index: torch.Tensor
     mask: torch.Tensor
-    output_index: torch.Tensor
+    flat_index: torch.Tensor
+    packed_index: torch.Tensor
 
 
-def row_layout(rows: Sequence[tuple[int, int, Sequence[int]]], dtype: torch.dtype, device: torch.device) -> RowLayout:
+@dataclass(frozen=True)
+class RowLayout:
+    """How the rows of one packed step attend: views for prompts and long rows that hold most
+    of their span, one gathered call for the rest."""
+
+    windows: list[RowWindow]
+    gathered: GatheredRows | None
+
+
+# A row of at least this many slots attends over a view of its span rather than having its slots
+# gathered: gathering copies every slot in every layer each step. Shorter rows are gathered, all
+# in one call: one call per row costs more than it saves there (session 12, 8 concurrent
+# requests: 181-198 tokens/s with a view for every row filling half its span, 201-203 gathered).
+VIEW_FROM_SLOTS = 1024
+
+
+def row_layout(
+    rows: Sequence[tuple[int, int, Sequence[int]]],
+    dtype: torch.dtype,
+    device: torch.device,
+    view_from: int = VIEW_FROM_SLOTS,
+) -> RowLayout:
     """The layout of rows given as (first query in the packed sequence, n new tokens, all its
-    slots in token order, the n new ones last), in packed order.
+    slots in increasing order, the n new ones last), in packed order.
 
-    Query i of a row with L slots may see slot j <= L - n + i (causal among its new tokens).
-    Padding queries see slot 0 alone, so no softmax row is empty; their outputs are dropped.
-    """
+    A whole prompt over its own span (a row joining) attends over a view of it, causally. A row
+    of ``view_from`` slots or more that fills at least half its span attends over a view of the
+    span (no copy, at most 2x the attention work). The others' slots are gathered."""
+    windows: list[RowWindow] = []
+    thin: list[tuple[int, int, Sequence[int]]] = []
+    for query, n, slots in rows:
+        start, stop = int(slots[0]), int(slots[-1]) + 1
+        length = len(slots)
+        if stop - start == length and n == length:
+            windows.append(RowWindow(query, n, start, stop, None, causal=n > 1))
+        elif length < view_from or stop - start > 2 * length:
+            thin.append((query, n, slots))
+        elif stop - start == length and n == 1:
+            windows.append(RowWindow(query, n, start, stop, None))
+        else:
+            own = torch.tensor(slots, dtype=torch.long) - start
+            allowed = torch.zeros((n, stop - start), dtype=torch.bool)
+            allowed[:, own[: length - n]] = True
+            allowed[:, own[length - n :]] = torch.ones((n, n), dtype=torch.bool).tril()
+            windows.append(RowWindow(query, n, start, stop, _additive(allowed, dtype)[None, None].to(device)))
+    return RowLayout(windows, _gathered(thin, dtype, device) if thin else None)
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def _gathered(rows: Sequence[tuple[int, int, Sequence[int]]], dtype: torch.dtype, device: torch.device) -> GatheredRows:
+    """Query i of a row with L slots may see its slot j <= L - n + i (causal among its new
+    tokens). Padding queries see slot 0 alone, so no softmax row is empty; their outputs are dropped."""
     n = torch.tensor([r[1] for r in rows], dtype=torch.long)
     length = torch.tensor([len(r[2]) for r in rows], dtype=torch.long)
     n_max, l_max = int(n.max()), int(length.max())
@@ -67,15 +134,15 @@ def row_layout(rows: Sequence[tuple[int, int, Sequence[int]]], dtype: torch.dtyp
     padding = i >= n[:, None, None]
     allowed = (j < length[:, None, None]) & (j <= (length - n)[:, None, None] + i)
     allowed = torch.where(padding, j == 0, allowed)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     starts = torch.tensor([r[0] for r in rows], dtype=torch.long)
     query_index = starts[:, None] + torch.where(padding[:, :, 0], 0, torch.arange(n_max)[None, :])
-    output_index = torch.cat([r * n_max + torch.arange(int(k)) for r, k in enumerate(n.tolist())])
-    return RowLayout(
+    real = ~padding[:, :, 0]
+    return GatheredRows(
         query_index.to(device),
         torch.tensor(kv, dtype=torch.long, device=device),
-        mask[:, None].to(device),
-        output_index.to(device),
+        _additive(allowed, dtype)[:, None].to(device),
+        real.reshape(-1).nonzero().squeeze(1).to(device),
+        query_index[real].to(device),
     )
 
 
@@ -91,24 +158,52 @@ def row_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: query (1, H, N, d), key and value (1, H_kv, T, d) ->
-    (1, N, H, d). Without ``nest_rows`` (a forward outside a packed step): SDPA as configured."""
+    (1, N, H, d). Without ``nest_rows`` (a forward outside a packed step): SDPA as configured.
+
+    Grouped-query heads: with a mask, the queries of the H / H_kv heads that share a key head
+    are stacked as more queries of it (no copy of the keys); a causal prompt repeats its keys."""
     if nest_rows is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    layout = nest_rows
-    q = query[0][:, layout.query_index].transpose(0, 1)  # (R, H, n_max, d)
-    k = key[0][:, layout.kv_index].transpose(0, 1)  # (R, H_kv, L_max, d)
-    v = value[0][:, layout.kv_index].transpose(0, 1)
-    grouped = q.shape[1] != k.shape[1]
-    if grouped and not _GQA_ARGUMENT:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    extra = {"enable_gqa": True} if grouped and _GQA_ARGUMENT else {}
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, scale=scaling, **extra)
-    heads, dim = out.shape[1], out.shape[3]
-    out = out.transpose(1, 2).reshape(-1, heads, dim).index_select(0, layout.output_index)  # (N, H, d)
+    heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
+    group = heads // kv_heads
+    out = query.new_empty((query.shape[2], heads, dim))  # (N, H, d)
+    for row in nest_rows.windows:
+        k, v = key[:, :, row.start : row.stop], value[:, :, row.start : row.stop]
+        if row.causal:  # a whole prompt: stacked heads would not be causal
+            q = query[:, :, row.query : row.query + row.n]
+            k, v = _grouped(k, group), _grouped(v, group)
+            mask = None
+        else:
+            q = query[:, :, row.query : row.query + row.n].reshape(1, kv_heads, group * row.n, dim)
+            mask = row.mask if row.mask is None or group == 1 else row.mask.repeat(1, 1, group, 1)
+        o = _sdpa(q, k, v, attn_mask=mask, scale=scaling, is_causal=row.causal, **_gqa(row.causal and group > 1))
+        out[row.query : row.query + row.n] = o.reshape(heads, row.n, dim).transpose(0, 1)
+    gathered = nest_rows.gathered
+    if gathered is not None:
+        q = query[0][:, gathered.query_index].transpose(0, 1)  # (R, H, n_max, d)
+        k = key[0][:, gathered.kv_index].transpose(0, 1)  # (R, H_kv, L_max, d)
+        v = value[0][:, gathered.kv_index].transpose(0, 1)
+        k, v = _grouped(k, group), _grouped(v, group)
+        o = _sdpa(q, k, v, attn_mask=gathered.mask, scale=scaling, **_gqa(group > 1))
+        o = o.transpose(1, 2).reshape(-1, heads, dim).index_select(0, gathered.flat_index)
+        out.index_copy_(0, gathered.packed_index, o)
     return out.unsqueeze(0), None
+
+
+_sdpa = torch.nn.functional.scaled_dot_product_attention
+_SDPA_TAKES_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+def _grouped(keys: torch.Tensor, group: int) -> torch.Tensor:
+    """Keys (or values) for ``group`` query heads each: as they are where SDPA takes grouped
+    heads (torch >= 2.5, no copy), else repeated."""
+    return keys if group == 1 or _SDPA_TAKES_GQA else keys.repeat_interleave(group, dim=1)
+
+
+def _gqa(grouped: bool) -> dict[str, bool]:
+    return {"enable_gqa": True} if grouped and _SDPA_TAKES_GQA else {}
 
 
 _registered = False
@@ -118,8 +213,11 @@ def _register() -> None:
     global _registered
     if not _registered:
         from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
         AttentionInterface.register(ROW_ATTENTION, row_attention_forward)
+        # A forward that runs meanwhile on another thread (the switch is the model's) gets SDPA's mask.
+        AttentionMaskInterface.register(ROW_ATTENTION, sdpa_mask)
         _registered = True
 
 

@@ -238,7 +238,8 @@ class TokenIndex:
             self.keys = torch.zeros((0, 0), device=device)
             self.values = torch.zeros(0, dtype=torch.long, device=device)
         else:
-            self.keys = torch.cat([e.keys for e in self.passages if e.keys.shape[0]]).to(device)
+            # float32 once here, not per search (a bfloat16 model's keys were converted every step)
+            self.keys = torch.cat([e.keys for e in self.passages if e.keys.shape[0]]).to(device, torch.float32)
             self.values = torch.cat(
                 [e.token_ids[e.first_key + 1 : e.first_key + 1 + c] for e, c in zip(self.passages, counts, strict=True)]
             ).to(device)
@@ -265,7 +266,7 @@ class TokenIndex:
             ]
             or [torch.zeros(0, dtype=torch.bool)]
         ).to(device)
-        self.key_sq_norms = (self.keys.float() ** 2).sum(-1) if len(self) else torch.zeros(0, device=device)
+        self.key_sq_norms = (self.keys**2).sum(-1) if len(self) else torch.zeros(0, device=device)
         self.masked = torch.zeros(len(self), dtype=torch.bool, device=device)
         # canonical[k]: the key holding k's text first (k itself unless an earlier passage overlaps it).
         self.canonical = _canonical_keys(self.passages, self.offsets, sources)
@@ -283,7 +284,7 @@ class TokenIndex:
         with infinite distance.
         """
         q = queries.to(self.device, torch.float32)  # (n, D)
-        d = (q**2).sum(-1, keepdim=True) - 2 * q @ self.keys.float().T + self.key_sq_norms  # (n, N)
+        d = (q**2).sum(-1, keepdim=True) - 2 * q @ self.keys.T + self.key_sq_norms  # (n, N)
         unusable = self.masked | self.duplicate
         if only is not None:
             unusable = unusable | ~only

@@ -223,6 +223,33 @@ def test_generate_batch_applies_stop_strings_and_grounded_only_per_row(engine, b
         same_result(a, b)
 
 
+def test_generate_batch_raises_a_prompts_error_once_the_others_have_ended(lm, corpus_retriever) -> None:
+    """One prompt's first stage fails: the error is raised after the other rows have ended (as
+    without batching), not while they decode on for nobody."""
+
+    class Flaky:
+        def retrieve(self, query: str, k: int) -> list:
+            if "boom" in query:
+                raise RuntimeError("retriever down")
+            return corpus_retriever.retrieve(query, k)
+
+    engine = NestEngine(lm, retriever=Flaky(), max_batch=4)
+    prompts = ["boom", "Tell me about Robert Boulter.", "Who was Nero?"]
+    engine.generate_batch(prompts[1:], max_new_tokens=1)  # passage keys encoded: the rows decode at once
+    with pytest.raises(RuntimeError, match="retriever down"):
+        engine.generate_batch(prompts, max_new_tokens=64)
+    scheduler = engine._scheduler
+    assert scheduler._waiting.empty() and not scheduler._loop.rows  # a row leaves before its result is delivered
+
+
+def test_closing_a_submitted_request_before_reading_it_cancels_it(engine) -> None:
+    batching = NestEngine(engine.lm, retriever=engine.retriever, max_batch=2)
+    stream = batching._scheduler.submit(lambda: (_ for _ in ()).throw(AssertionError("never prepared")))
+    stream.close()
+    assert stream._submission.cancelled.is_set()
+    assert list(stream) == []  # a closed stream yields nothing more
+
+
 def test_generate_batch_checks_its_input_before_decoding(engine) -> None:
     with pytest.raises(ValueError, match="passages has 1 entries for 2 prompts"):
         engine.generate_batch(["a", "b"], passages=[[]])

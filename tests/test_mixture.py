@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from nest_integrations.mixture import knn_distribution, lm_distribution, mix, relative_retrieval_confidence
+from nest_integrations.mixture import (
+    knn_distribution,
+    lm_distribution,
+    mix,
+    mix_on_support,
+    relative_retrieval_confidence,
+)
 
 
 def test_knn_distribution_sums_softmax_weights_per_value_token() -> None:
@@ -47,3 +53,26 @@ def test_mixture_interpolates_with_lambda() -> None:
 def test_lm_distribution_applies_temperature() -> None:
     logits = torch.tensor([1.0, 2.0])
     assert lm_distribution(logits, 0.5).tolist() == pytest.approx(torch.softmax(logits / 0.5, -1).tolist())
+
+
+def test_mix_on_support_is_mix_bit_for_bit() -> None:
+    """p_M from the k-NN support alone equals the dense mixture exactly (neighbors sharing a
+    value, a zero-weight neighbor, a row locked onto one token)."""
+    generator = torch.Generator().manual_seed(0)
+    n, vocab, k = 5, 300, 8
+    p_lm = torch.softmax(torch.randn(n, vocab, generator=generator) * 4, dim=-1)
+    values = torch.randint(0, 40, (n, k), generator=generator)  # repeats within a row
+    distances = torch.rand(n, k, generator=generator) * 10
+    distances[1, 3] = math.inf
+    p_knn = knn_distribution(distances, values, vocab, temperature=3.0)
+    support = values.clone()
+    p_knn[2] = 0.0
+    p_knn[2, 123] = 1.0  # a locked sentence's next token
+    support[2] = 123
+    lam = torch.rand(n, generator=generator)
+    assert torch.equal(mix_on_support(p_lm, p_knn, lam, support), mix(p_lm, p_knn, lam))
+
+
+def test_lm_distribution_at_temperature_one_is_the_softmax_of_the_logits() -> None:
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(lm_distribution(logits, 1.0), torch.softmax(logits / 1.0, dim=-1))

@@ -6,31 +6,48 @@ import types
 
 import torch
 
-from nest_integrations.row_attention import row_attention_forward, row_layout, supported
+from nest_integrations.decode_thread import decode_thread
+from nest_integrations.row_attention import row_attention_forward, row_layout, selected, supported
 
 
-def test_each_query_sees_its_own_slots_causally_and_padding_sees_one_slot() -> None:
-    # Row 0: 2 new tokens over slots [4, 0, 7] (its new ones last); row 1: 1 new token over [1, 2, 3, 5].
-    layout = row_layout([(0, 2, [4, 0, 7]), (2, 1, [1, 2, 3, 5])], torch.float32, torch.device("cpu"))
-    allowed = (layout.mask[:, 0] == 0).int().tolist()
-    assert allowed[0] == [[1, 1, 0, 0], [1, 1, 1, 0]]  # causal among the new tokens; padded slot hidden
-    assert allowed[1] == [[1, 1, 1, 1], [1, 0, 0, 0]]  # the padding query sees slot 0 alone
-    assert layout.kv_index.tolist() == [[4, 0, 7, 0], [1, 2, 3, 5]]
-    assert layout.query_index.tolist() == [[0, 1], [2, 2]]
-    assert layout.output_index.tolist() == [0, 1, 2]
+def test_prompts_and_long_rows_holding_their_span_get_a_view_and_the_rest_is_gathered() -> None:
+    rows = [
+        (0, 5, [0, 1, 2, 3, 4]),  # a whole prompt over its own span: causal, no mask
+        (5, 1, [5, 6, 7]),  # one token over its own span: no mask
+        (6, 2, [8, 9, 11, 12]),  # 2 tokens, one foreign slot (10) in its span: a mask
+        (8, 2, [13, 30, 31]),  # thin (3 slots over a span of 19): gathered
+        (10, 1, [14, 40]),  # thin: gathered
+    ]
+    layout = row_layout(rows, torch.float32, torch.device("cpu"), view_from=3)  # "long": 3 slots or more
+    prompt, one, masked = layout.windows
+    assert (prompt.start, prompt.stop, prompt.mask, prompt.causal) == (0, 5, None, True)
+    assert (one.start, one.stop, one.mask, one.causal) == (5, 8, None, False)
+    assert (masked.start, masked.stop) == (8, 13)
+    assert (masked.mask[0, 0] == 0).int().tolist() == [[1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
+    gathered = layout.gathered
+    assert gathered.kv_index.tolist() == [[13, 30, 31], [14, 40, 0]]
+    assert (gathered.mask[:, 0] == 0).int().tolist() == [[[1, 1, 0], [1, 1, 1]], [[1, 1, 0], [1, 0, 0]]]
+    assert gathered.query_index.tolist() == [[8, 9], [10, 10]]  # the padding query repeats the row's first
+    assert gathered.flat_index.tolist() == [0, 1, 2] and gathered.packed_index.tolist() == [8, 9, 10]
+    # With rows "long" from 1,024 slots, as by default, only the prompt keeps a view.
+    layout = row_layout(rows, torch.float32, torch.device("cpu"))
+    assert [w.query for w in layout.windows] == [0] and layout.gathered.packed_index.tolist() == list(range(5, 11))
 
 
 def test_rows_attend_as_one_masked_call_over_the_whole_cache() -> None:
-    """The per-row result equals softmax attention over the whole cache with each query masked
-    to its own row's slots (grouped-query heads: 4 query heads over 2 key heads)."""
+    """Views and gathered rows together: the result equals softmax attention over the whole
+    cache with each query masked to its own row's slots (grouped-query heads: 4 query heads
+    over 2 key heads)."""
     generator = torch.Generator().manual_seed(0)
-    rows = [(0, 3, [0, 1, 5, 6, 7]), (3, 1, [2, 3, 4, 8])]
-    query = torch.randn(1, 4, 4, 8, generator=generator)
-    key = torch.randn(1, 2, 9, 8, generator=generator)
-    value = torch.randn(1, 2, 9, 8, generator=generator)
-    layout = row_layout(rows, torch.float32, torch.device("cpu"))
+    # A prompt, a masked view, a one-token view, two gathered rows (one with 3 new tokens).
+    rows = [(0, 4, [0, 1, 2, 3]), (4, 2, [4, 5, 7, 9]), (6, 1, [10, 11]), (7, 3, [6, 20, 21, 22]), (10, 1, [8, 23])]
+    query = torch.randn(1, 4, 11, 8, generator=generator)
+    key = torch.randn(1, 2, 24, 8, generator=generator)
+    value = torch.randn(1, 2, 24, 8, generator=generator)
+    layout = row_layout(rows, torch.float32, torch.device("cpu"), view_from=2)
+    assert len(layout.windows) == 3 and layout.gathered.packed_index.tolist() == [7, 8, 9, 10]
     out, _ = row_attention_forward(torch.nn.Module(), query, key, value, None, scaling=0.5, nest_rows=layout)
-    mask = torch.full((4, 9), float("-inf"))
+    mask = torch.full((11, 24), float("-inf"))
     for start, n, slots in rows:
         for i in range(n):
             visible = slots[: len(slots) - n + i + 1]
@@ -53,3 +70,20 @@ def test_only_plain_causal_sdpa_models_use_it(lm) -> None:
     assert not supported(model(model_type="mistral", sliding_window=4096))
     assert not supported(model(model_type="qwen2", layer_types=["full_attention", "sliding_attention"]))
     assert supported(model(model_type="qwen2", sliding_window=4096, use_sliding_window=False))
+
+
+def test_a_plain_forward_while_it_is_selected_is_the_models_own(lm) -> None:
+    """The switch is the model's: a forward without a row layout meanwhile (another thread's)
+    gets SDPA and its causal mask, the same logits bit for bit."""
+    ids = torch.tensor([lm.tokenizer("Who was Nero? He was a Roman emperor.")["input_ids"]])
+
+    def forwards() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            plain = lm.model(input_ids=ids).logits
+            with selected(lm.model):
+                during = lm.model(input_ids=ids).logits
+        return plain, during
+
+    plain, during = decode_thread().call(forwards)
+    assert torch.equal(plain, during)
+    assert lm.model.config._attn_implementation == "sdpa"
