@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import queue
@@ -280,7 +281,8 @@ class ChunkStream(Iterator[NestChunk]):
         self._submission.cancelled.set()
 
     def __del__(self) -> None:
-        self._submission.cancelled.set()
+        with contextlib.suppress(Exception):  # e.g. at interpreter exit
+            self._submission.cancelled.set()
 
 
 def _fail_waiting(waiting: queue.SimpleQueue[_Submission], error: BaseException) -> None:

@@ -183,8 +183,8 @@ class BatchedStepModel:
     draft or a finished row); a 4-D mask lets each token attend only to its own row's slots, in
     order, and its position id counts only those. Slots are compacted when over half are dead.
     Where the model's attention is plain causal SDPA (``per_row_attention``, the default), each
-    row's queries attend over its own slots gathered apart (:mod:`~nest_integrations.row_attention`),
-    not over the whole cache behind that mask.
+    row's queries attend over its own slots alone, a view of them or a gathered copy
+    (:mod:`~nest_integrations.row_attention`), not over the whole cache behind that mask.
 
     Prefix caching (as vLLM's automatic prefix caching, in blocks of ``PREFIX_BLOCK`` tokens): a
     new row's prompt reads the cached slots of the longest run of whole blocks that an earlier
