@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import decode_thread
-from .batching import BatchLoop, BatchScheduler, DecodeJob
+from .batching import BatchLoop, BatchScheduler, ChunkStream, DecodeJob
 from .citations import NestResult, NestStats
 from .config import NestConfig, default_config, with_overrides
 from .decoding import NestDecoder
@@ -187,8 +187,10 @@ class NestEngine:
             passages: B passage lists (or None entries: call the first stage), or None.
             queries: B first-stage queries (None entries: the last user message), or None.
             chat: as for :meth:`stream`, for every prompt.
-            batch_size: how many decode at once (default: the engine's ``max_batch`` if above 1,
-                else 8); the others join as rows finish.
+            batch_size: how many of these prompts decode at once (default: the engine's
+                ``max_batch`` if above 1, where they share its batch with other callers' requests,
+                else 8); the others join as rows finish. On a batching engine a smaller
+                ``batch_size`` submits the next prompt as each earlier one, in order, ends.
             **overrides: :class:`NestConfig` fields for every prompt of this call.
 
         Returns:
@@ -229,13 +231,17 @@ class NestEngine:
         ]
         jobs = [pending.prepared_or_error() for pending in pendings]  # the first stage, in this thread
         if self.max_batch > 1 and not decode_thread.decode_thread().on_thread():
-            streams = [self._scheduler.submit(job) for job in jobs]
+            # All at once (the scheduler admits up to max_batch), or batch_size of them at a time.
+            window = n if batch_size is None else size
+            streams: list[ChunkStream] = []
             results: list[NestResult] = []
             errors: list[Exception] = []
             try:
-                for chunks in streams:  # every request ends before one's error is raised, as below
+                for i in range(n):  # every request ends before one's error is raised, as below
+                    while len(streams) < min(n, i + window):
+                        streams.append(self._scheduler.submit(jobs[len(streams)]))
                     try:
-                        results.append(_last_result(chunks))
+                        results.append(_last_result(streams[i]))
                     except Exception as e:
                         errors.append(e)
             finally:  # an interrupted caller (KeyboardInterrupt, a timeout) leaves nothing decoding

@@ -242,6 +242,15 @@ def test_generate_batch_raises_a_prompts_error_once_the_others_have_ended(lm, co
     assert scheduler._waiting.empty() and not scheduler._loop.rows  # a row leaves before its result is delivered
 
 
+def test_batch_size_bounds_how_many_prompts_decode_at_once_on_a_batching_engine(engine) -> None:
+    batching = NestEngine(engine.lm, retriever=engine.retriever, max_batch=4)
+    prompts = ["Tell me about Robert Boulter.", "Who was Nero?", "Who was Otho?", "Tell me about Boulter."]
+    results = batching.generate_batch(prompts, batch_size=2, max_new_tokens=12)
+    assert batching._scheduler.peak_active <= 2  # the engine alone would take 4
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.text == engine.generate(prompt, max_new_tokens=12).text
+
+
 def test_closing_a_submitted_request_before_reading_it_cancels_it(engine) -> None:
     batching = NestEngine(engine.lm, retriever=engine.retriever, max_batch=2)
     stream = batching._scheduler.submit(lambda: (_ for _ in ()).throw(AssertionError("never prepared")))
