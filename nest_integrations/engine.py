@@ -235,7 +235,7 @@ class NestEngine:
             window = n if batch_size is None else size
             streams: list[ChunkStream] = []
             results: list[NestResult] = []
-            errors: list[Exception] = []
+            failure: Exception | None = None
             try:
                 for i in range(n):  # every request ends before one's error is raised, as below
                     while len(streams) < min(n, i + window):
@@ -243,12 +243,12 @@ class NestEngine:
                     try:
                         results.append(_last_result(streams[i]))
                     except Exception as e:
-                        errors.append(e)
+                        failure = failure or e
             finally:  # an interrupted caller (KeyboardInterrupt, a timeout) leaves nothing decoding
                 for chunks in streams:
                     chunks.close()
-            if errors:
-                raise errors[0]
+            if failure is not None:
+                raise failure
             return results
         return decode_thread.call(partial(self._decode_together, jobs, size))
 

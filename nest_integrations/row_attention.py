@@ -30,12 +30,41 @@ from typing import Any
 
 import torch
 
-__all__ = ["ROW_ATTENTION", "GatheredRows", "RowLayout", "RowWindow", "row_layout", "selected", "supported"]
+__all__ = [
+    "ROW_ATTENTION",
+    "GatheredRows",
+    "RowLayout",
+    "RowWindow",
+    "additive_mask",
+    "row_layout",
+    "selected",
+    "supported",
+]
 
 ROW_ATTENTION = "nest_rows"
 
 # Model types whose attention is plain causal SDPA when their config has no sliding window.
 _PLAIN_ATTENTION = frozenset({"llama", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3"})
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as attention adds it: 0 where allowed, the dtype's minimum elsewhere
+    (eager attention adds it; SDPA takes it as is). Same shape and device."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+_sdpa = torch.nn.functional.scaled_dot_product_attention
+_SDPA_TAKES_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+def _grouped(keys: torch.Tensor, group: int) -> torch.Tensor:
+    """Keys (or values) for ``group`` query heads each: as they are where SDPA takes grouped
+    heads (torch >= 2.5, no copy), else repeated."""
+    return keys if group == 1 or _SDPA_TAKES_GQA else keys.repeat_interleave(group, dim=1)
+
+
+def _gqa(grouped: bool) -> dict[str, bool]:
+    return {"enable_gqa": True} if grouped and _SDPA_TAKES_GQA else {}
 
 
 @dataclass(frozen=True)
@@ -114,12 +143,8 @@ def row_layout(
             allowed = torch.zeros((n, stop - start), dtype=torch.bool)
             allowed[:, own[: length - n]] = True
             allowed[:, own[length - n :]] = torch.ones((n, n), dtype=torch.bool).tril()
-            windows.append(RowWindow(query, n, start, stop, _additive(allowed, dtype)[None, None].to(device)))
+            windows.append(RowWindow(query, n, start, stop, additive_mask(allowed, dtype)[None, None].to(device)))
     return RowLayout(windows, _gathered(thin, dtype, device) if thin else None)
-
-
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def _gathered(rows: Sequence[tuple[int, int, Sequence[int]]], dtype: torch.dtype, device: torch.device) -> GatheredRows:
@@ -140,7 +165,7 @@ def _gathered(rows: Sequence[tuple[int, int, Sequence[int]]], dtype: torch.dtype
     return GatheredRows(
         query_index.to(device),
         torch.tensor(kv, dtype=torch.long, device=device),
-        _additive(allowed, dtype)[:, None].to(device),
+        additive_mask(allowed, dtype)[:, None].to(device),
         real.reshape(-1).nonzero().squeeze(1).to(device),
         query_index[real].to(device),
     )
@@ -190,20 +215,6 @@ def row_attention_forward(
         o = o.transpose(1, 2).reshape(-1, heads, dim).index_select(0, gathered.flat_index)
         out.index_copy_(0, gathered.packed_index, o)
     return out.unsqueeze(0), None
-
-
-_sdpa = torch.nn.functional.scaled_dot_product_attention
-_SDPA_TAKES_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
-
-
-def _grouped(keys: torch.Tensor, group: int) -> torch.Tensor:
-    """Keys (or values) for ``group`` query heads each: as they are where SDPA takes grouped
-    heads (torch >= 2.5, no copy), else repeated."""
-    return keys if group == 1 or _SDPA_TAKES_GQA else keys.repeat_interleave(group, dim=1)
-
-
-def _gqa(grouped: bool) -> dict[str, bool]:
-    return {"enable_gqa": True} if grouped and _SDPA_TAKES_GQA else {}
 
 
 _registered = False

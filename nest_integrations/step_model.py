@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from . import row_attention
-from .row_attention import row_layout
 
 if TYPE_CHECKING:
     from .lm import LoadedLM
@@ -283,7 +282,7 @@ class BatchedStepModel:
         if shared_cache and self._row_attention:
             # Each row attends over its own slots alone (row_attention.py); the model builds no mask.
             rows = [(offsets[row][0], offsets[row][1], self.slots[row]) for row in requests]
-            layout = row_layout(rows, self.lm.dtype, device)
+            layout = row_attention.row_layout(rows, self.lm.dtype, device)
             mask = torch.zeros((1, 1, 1, 1), dtype=self.lm.dtype, device=device)  # unused: skips transformers' mask
         elif shared_cache:
             # Token i may see slot s when s holds its own row's token (or a prefix block its row reads)
@@ -297,10 +296,7 @@ class BatchedStepModel:
                 same_row |= shared[torch.tensor(query_row, device=device)]
             query_slot = t + torch.arange(n_new, device=device)
             not_after = torch.arange(t + n_new, device=device)[None, :] <= query_slot[:, None]
-            allowed = (same_row & not_after)[None, None]
-            # Additive, in the model's dtype: eager attention adds it; SDPA takes it as is.
-            mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=device)
-            mask.masked_fill_(~allowed, torch.finfo(self.lm.dtype).min)
+            mask = row_attention.additive_mask((same_row & not_after)[None, None], self.lm.dtype)
         # Logits only where rows want them: each row's last k tokens (as one row alone asks for them).
         wanted = {row: request.wanted() for row, request in requests.items()}
         kept: int | torch.Tensor = 0
