@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/batched_throughput.py [--concurrency 1 4 8 16] [--max-new-tokens 64]
     [--requests-per-client 3] [--device cpu|cuda] [--dtype ...] [--prompts 16]
-    [--serial-up-to C] [--set FIELD=JSON ...] [--out FILE]
+    [--serial-up-to C] [--set FIELD=JSON ...] [--rounds R] [--out FILE]
 
 For each concurrency c, c client threads send c x ``--requests-per-client`` entity prompts
 ("Tell me about X.", the benchmark's entity task over the built-in corpus) taken from one
@@ -14,13 +14,19 @@ Reported per system: aggregate generated tokens/s (all tokens / wall time), p50 
 latency, and the ratio to (a). Passage keys are warmed first (a pass over every prompt), so this
 measures decoding. Greedy outputs of (a) and (b) are compared and any difference is reported.
 
-Also per system: the model's forwards (one per batched step), and with ``--time-forwards`` the mean wall time of one and
-their share of the wall time (synchronised on a GPU), so what is left is NEST's own per-row
-work. First every prompt is sent once, alone: a single request's tokens/s and p95 latency over
-the same prompts the loads cycle through. ``x one request``: aggregate tokens/s over that (the
-issue's GPU measure); ``p95 / single p95``: a row's p95 latency over the single requests' (the
-issue's CPU latency measure). ``--serial-up-to C`` skips the one-at-a-time system above C concurrent
-requests (it decodes one request at a time, so its rate does not depend on c).
+Also per system: the model's forwards (one per batched step), and with ``--time-forwards`` the
+mean wall time of one and their share of the wall time (synchronised on a GPU), so what is left
+is NEST's own per-row work. First every prompt is sent once, alone (the table's "single
+requests" row): a single request's tokens/s and p95 latency over the same prompts the loads
+cycle through. ``x one request``: aggregate tokens/s over that (the issue's GPU measure);
+``p95 / single p95``: a row's p95 latency over the single requests' (the issue's CPU latency
+measure). ``--serial-up-to C`` skips the one-at-a-time system above C concurrent requests (it
+decodes one request at a time, so its rate does not depend on c).
+
+``--rounds R`` runs all of it R times over, alternating the systems within each round, and ends
+with the median of each figure and of each round's ratios. A shared or virtual machine's speed
+drifts by 10% or more between runs minutes apart (benchmarks/RESULTS.md, session 13); a ratio of
+two systems measured in the same round is far steadier than either figure.
 """
 
 from __future__ import annotations
@@ -113,6 +119,7 @@ def main() -> None:
     parser.add_argument("--dtype")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a NestConfig override")
     parser.add_argument("--serial-up-to", type=int, help="skip one-at-a-time above this concurrency")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat everything; report medians")
     parser.add_argument("--out", help="also write the table to this file")
     parser.add_argument(
         "--time-forwards", action="store_true", help="time each forward (synchronised: slows a GPU run)"
@@ -120,6 +127,8 @@ def main() -> None:
     parser.add_argument("--no-prefix-cache", action="store_true", help="batched rows run their whole prompts")
     parser.add_argument("--freeze-heap", action="store_true", help="freeze the startup heap, as servers do")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.no_prefix_cache:
         from nest_integrations import step_model
 
@@ -148,54 +157,84 @@ def main() -> None:
         "| p95 / single p95 | forwards | ms a forward | forward share |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    # A single request's figures: every prompt once, alone (the same prompts the loads cycle through).
-    wall, lone_latencies, lone_results = closed_loop(one_at_a_time, texts, 1, args.max_new_tokens, overrides)
-    timer.reset()
-    lone = sum(r.stats.tokens_generated for r in lone_results) / wall
-    lone_p95 = p95(lone_latencies)
-    lines.insert(
-        1,
-        f"single requests (each of the {len(texts)} prompts alone): {lone:.1f} tok/s, p50 "
-        f"{statistics.median(lone_latencies):.2f} s, p95 {lone_p95:.2f} s",
-    )
     print("\n".join(lines), flush=True)
-    serial: float | None = None
-    for c in args.concurrency:
-        prompts = [texts[i % len(texts)] for i in range(c * args.requests_per_client)]
-        batched = NestEngine(lm, retriever=retriever, max_batch=max(c, 2))
-        batched.encoder = one_at_a_time.encoder  # the same warm passage keys
-        systems = [("batched", batched)]
-        if args.serial_up_to is None or c <= args.serial_up_to:
-            systems.insert(0, ("one at a time", one_at_a_time))
-        rows = {}
-        for name, engine in systems:
-            timer.reset()
-            wall, latencies, results = closed_loop(engine, prompts, c, args.max_new_tokens, overrides)
-            forwards, forward_s = timer.reset()
-            tokens = sum(r.stats.tokens_generated for r in results)
-            rows[name] = (tokens / wall, latencies, results, forwards, forward_s / max(forwards, 1), forward_s / wall)
-        if "one at a time" in rows:
-            serial = rows["one at a time"][0]
-        for name, (rate, latencies, _, forwards, per_forward, share) in rows.items():
-            vs_serial = f"{rate / serial:.2f}" if serial else "-"
-            vs_lone = f"{rate / lone:.2f}"
-            timing = f"{per_forward * 1000:.1f} | {share:.0%}" if args.time_forwards else "- | -"
-            line = (
-                f"| {c} | {name} | {rate:.1f} | {statistics.median(latencies):.2f} | {p95(latencies):.2f} | "
-                f"{vs_serial} | {vs_lone} | {p95(latencies) / lone_p95:.2f} | {forwards} | {timing} |"
-            )
-            lines.append(line)
-            print(line, flush=True)
-        if "one at a time" in rows:
-            pairs = list(zip(rows["one at a time"][2], rows["batched"][2], strict=True))
-            differ = [i for i, (a, b) in enumerate(pairs) if a.text != b.text]
-            if differ:
-                first = differ[0]
-                a, b = pairs[first]
-                same = next((k for k in range(min(len(a.text), len(b.text))) if a.text[k] != b.text[k]), None)
-                line = f"|   | (outputs differ for {len(differ)} of {len(pairs)} requests; first at char {same}) |"
+    table: dict[tuple[int, str], list[dict[str, float]]] = {}
+    for round_ in range(1, args.rounds + 1):
+        # A single request's figures: every prompt once, alone (the same prompts the loads cycle through).
+        wall, lone_latencies, lone_results = closed_loop(one_at_a_time, texts, 1, args.max_new_tokens, overrides)
+        timer.reset()
+        lone = sum(r.stats.tokens_generated for r in lone_results) / wall
+        lone_p95 = p95(lone_latencies)
+        line = (
+            f"| 1 | single requests{f' (round {round_})' if args.rounds > 1 else ''} | {lone:.1f} | "
+            f"{statistics.median(lone_latencies):.2f} | {lone_p95:.2f} | - | 1.00 | 1.00 | - | - | - |"
+        )
+        lines.append(line)
+        print(line, flush=True)
+        serial: float | None = None
+        for c in args.concurrency:
+            prompts = [texts[i % len(texts)] for i in range(c * args.requests_per_client)]
+            batched = NestEngine(lm, retriever=retriever, max_batch=max(c, 2))
+            batched.encoder = one_at_a_time.encoder  # the same warm passage keys
+            systems = [("batched", batched)]
+            if args.serial_up_to is None or c <= args.serial_up_to:
+                systems.insert(0, ("one at a time", one_at_a_time))
+            rows = {}
+            for name, engine in systems:
+                timer.reset()
+                wall, latencies, results = closed_loop(engine, prompts, c, args.max_new_tokens, overrides)
+                forwards, forward_s = timer.reset()
+                tokens = sum(r.stats.tokens_generated for r in results)
+                per_forward = forward_s / max(forwards, 1)
+                rows[name] = (tokens / wall, latencies, results, forwards, per_forward, forward_s / wall)
+            if "one at a time" in rows:
+                serial = rows["one at a time"][0]
+            for name, (rate, latencies, _, forwards, per_forward, share) in rows.items():
+                vs_serial = f"{rate / serial:.2f}" if serial else "-"
+                vs_lone = f"{rate / lone:.2f}"
+                timing = f"{per_forward * 1000:.1f} | {share:.0%}" if args.time_forwards else "- | -"
+                line = (
+                    f"| {c} | {name} | {rate:.1f} | {statistics.median(latencies):.2f} | {p95(latencies):.2f} | "
+                    f"{vs_serial} | {vs_lone} | {p95(latencies) / lone_p95:.2f} | {forwards} | {timing} |"
+                )
                 lines.append(line)
                 print(line, flush=True)
+                table.setdefault((c, name), []).append(
+                    {
+                        "tok/s": rate,
+                        "p95 s": p95(latencies),
+                        "x one-at-a-time": rate / serial if serial else float("nan"),
+                        "x one request": rate / lone,
+                        "p95 / single p95": p95(latencies) / lone_p95,
+                        "single tok/s": lone,
+                        "single p95 s": lone_p95,
+                    }
+                )
+            if "one at a time" in rows:
+                pairs = list(zip(rows["one at a time"][2], rows["batched"][2], strict=True))
+                differ = [i for i, (a, b) in enumerate(pairs) if a.text != b.text]
+                if differ:
+                    first = differ[0]
+                    a, b = pairs[first]
+                    same = next((k for k in range(min(len(a.text), len(b.text))) if a.text[k] != b.text[k]), None)
+                    line = f"|   | (outputs differ for {len(differ)} of {len(pairs)} requests; first at char {same}) |"
+                    lines.append(line)
+                    print(line, flush=True)
+    if args.rounds > 1:
+        figures = ["tok/s", "p95 s", "x one-at-a-time", "x one request", "p95 / single p95"]
+        figures += ["single tok/s", "single p95 s"]
+        summary = [
+            "",
+            f"Medians over {args.rounds} rounds (each ratio taken within its round):",
+            "",
+            "| concurrent | system | " + " | ".join(figures) + " |",
+            "|---|---|" + "---|" * len(figures),
+        ]
+        for (c, name), measured in table.items():
+            medians = [statistics.median(m[f] for m in measured) for f in figures]
+            summary.append(f"| {c} | {name} | " + " | ".join("-" if v != v else f"{v:.2f}" for v in medians) + " |")
+        lines.extend(summary)
+        print("\n".join(summary), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

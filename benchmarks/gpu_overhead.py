@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nest_integrations.mixture import knn_distribution, lm_distribution, mix, relative_retrieval_confidence
+from nest_integrations.mixture import knn_distribution, lm_distribution, mix_on_support, relative_retrieval_confidence
 from nest_integrations.token_index import EncodedPassage, TokenIndex
 
 # Llama shapes: SmolLM2-135M, Llama-3.2-1B, Llama-3.1-8B (hidden, layers, heads, kv heads, MLP, vocab).
@@ -116,9 +116,10 @@ def knn_overhead(device: torch.device, dim: int, keys: int, positions: int, repe
 
     def step() -> None:
         dist, idx = index.search(queries, r)
-        p_knn = knn_distribution(dist, index.values[idx], vocab, dim**0.5)
+        values = index.values[idx]
+        p_knn = knn_distribution(dist, values, vocab, dim**0.5)
         lam = relative_retrieval_confidence(dist, 0.3, 0.1)
-        mix(lm_distribution(logits, 0.7), p_knn, lam)
+        mix_on_support(lm_distribution(logits, 0.7), p_knn, lam, values.long())  # as the decoder mixes
 
     def search_only() -> None:
         index.search(queries, r)
