@@ -18,10 +18,11 @@ Also per system: the model's forwards (one per batched step), and with ``--time-
 mean wall time of one and their share of the wall time (synchronised on a GPU), so what is left
 is NEST's own per-row work. First every prompt is sent once, alone (the table's "single
 requests" row): a single request's tokens/s and p95 latency over the same prompts the loads
-cycle through. ``x one request``: aggregate tokens/s over that (the issue's GPU measure);
-``p95 / single p95``: a row's p95 latency over the single requests' (the issue's CPU latency
-measure). ``--serial-up-to C`` skips the one-at-a-time system above C concurrent requests (it
-decodes one request at a time, so its rate does not depend on c).
+cycle through (a load of fewer requests than prompts sends the first ones). ``x one
+request``: aggregate tokens/s over that (the issue's GPU measure); ``p95 / single p95``: a
+row's p95 latency over the single requests' (the issue's CPU latency measure).
+``--serial-up-to C`` skips the one-at-a-time system above C concurrent requests (it decodes
+one request at a time, so its rate does not depend on c).
 
 ``--rounds R`` runs all of it R times over, alternating the systems within each round, and ends
 with the median of each figure and of each round's ratios. A shared or virtual machine's speed
@@ -127,8 +128,11 @@ def main() -> None:
     parser.add_argument("--no-prefix-cache", action="store_true", help="batched rows run their whole prompts")
     parser.add_argument("--freeze-heap", action="store_true", help="freeze the startup heap, as servers do")
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    for name in ("rounds", "max_new_tokens", "requests_per_client", "prompts"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if min(args.concurrency) < 1:
+        parser.error(f"--concurrency must be at least 1, got {min(args.concurrency)}")
     if args.no_prefix_cache:
         from nest_integrations import step_model
 

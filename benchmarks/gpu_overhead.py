@@ -142,6 +142,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    if args.context < 1 or args.repeats < 1 or min(args.ns) < 1:
+        parser.error("--context, --repeats and every --ns must be at least 1")
+    if args.ns[0] != 1:
+        args.ns = [1, *[n for n in args.ns if n != 1]]  # "x one step" is relative to n = 1
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)

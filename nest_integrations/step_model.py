@@ -72,9 +72,10 @@ class StepModel(Protocol):
 
 
 def _new_cache(lm: LoadedLM) -> Any:
-    from transformers import DynamicCache
+    """A KV cache that appends in place (:mod:`~nest_integrations.kv_cache`), not by concatenation."""
+    from .kv_cache import growing_cache
 
-    return DynamicCache(config=lm.model.config)
+    return growing_cache(lm.model.config)
 
 
 _CACHE_ARGUMENT: dict[type, str] = {}
