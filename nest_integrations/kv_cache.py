@@ -29,12 +29,37 @@ _MIN_SPARE = 64
 
 class GrowingLayer(DynamicLayer):
     """A ``DynamicLayer`` that appends into a buffer with spare room: amortised O(new tokens) a
-    forward instead of O(cache). ``keys``/``values``: (B, H_kv, T, d) views of the buffers."""
+    forward instead of O(cache). ``keys``/``values``: (B, H_kv, T, d) views of the buffers.
+
+    As in transformers' static caches, a view returned by :meth:`update` may be overwritten by a
+    later update after a ``crop``: read it before the next forward, do not keep it. Assigning
+    ``keys``/``values`` anything but a view of the buffers (a compaction's ``index_select``,
+    ``reset``) lets the buffers go at once."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
+        super().__init__(**kwargs)
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return self._keys
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self._keys = value
+        if not _views(value, self._key_buffer):
+            self._key_buffer = None
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return self._values
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._values = value
+        if not _views(value, self._value_buffer):
+            self._value_buffer = None
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -45,10 +70,11 @@ class GrowingLayer(DynamicLayer):
         assert keys is not None and values is not None  # set by lazy_initialization
         length = keys.shape[-2] if keys.dim() == 4 else 0
         needed = length + key_states.shape[-2]
-        if not self._holds(keys, key_states, needed):
+        if not self._has_room(key_states, needed):
             capacity = needed + max(needed // 2, _MIN_SPARE)
-            self._key_buffer = _buffer_with(keys, key_states, length, capacity)
-            self._value_buffer = _buffer_with(values, value_states, length, capacity)
+            key_buffer = _buffer_with(keys, key_states, length, capacity)
+            value_buffer = _buffer_with(values, value_states, length, capacity)
+            self._key_buffer, self._value_buffer = key_buffer, value_buffer
         assert self._key_buffer is not None and self._value_buffer is not None
         self._key_buffer[:, :, length:needed] = key_states
         self._value_buffer[:, :, length:needed] = value_states
@@ -56,18 +82,18 @@ class GrowingLayer(DynamicLayer):
         self.values = self._value_buffer[:, :, :needed]
         return self.keys, self.values
 
-    def _holds(self, keys: torch.Tensor, new: torch.Tensor, needed: int) -> bool:
-        """Whether the buffer still backs ``keys`` (not replaced since) and has room for ``needed``."""
+    def _has_room(self, new: torch.Tensor, needed: int) -> bool:
+        """Whether the buffers (set only while they back ``keys``/``values``) fit ``needed`` positions of ``new``."""
         buffer = self._key_buffer
-        if buffer is None or needed > buffer.shape[-2] or buffer.dtype != new.dtype or buffer.device != new.device:
+        if buffer is None or self._value_buffer is None or needed > buffer.shape[-2]:
             return False
-        if buffer.shape[:2] != new.shape[:2] or buffer.shape[-1] != new.shape[-1]:
-            return False
-        return keys.dim() != 4 or keys.shape[-2] == 0 or keys.data_ptr() == buffer.data_ptr()
+        same_layout = buffer.shape[:2] == new.shape[:2] and buffer.shape[-1] == new.shape[-1]
+        return same_layout and buffer.dtype == new.dtype and buffer.device == new.device
 
-    def reset(self) -> None:
-        self._key_buffer = self._value_buffer = None
-        super().reset()
+
+def _views(tensor: torch.Tensor | None, buffer: torch.Tensor | None) -> bool:
+    """Whether ``tensor`` is the start of ``buffer`` (what :meth:`GrowingLayer.update` returns, or a crop of it)."""
+    return tensor is not None and buffer is not None and tensor.dim() == 4 and tensor.data_ptr() == buffer.data_ptr()
 
 
 def _buffer_with(old: torch.Tensor, new: torch.Tensor, length: int, capacity: int) -> torch.Tensor:

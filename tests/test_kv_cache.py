@@ -30,7 +30,18 @@ def test_appends_crops_and_replacements_hold_what_concatenation_holds() -> None:
             live = torch.tensor([i for i in range(plain.get_seq_length()) if i % 3])
             growing.keys, growing.values = growing.keys.index_select(2, live), growing.values.index_select(2, live)
             plain.keys, plain.values = plain.keys.index_select(2, live), plain.values.index_select(2, live)
+            assert growing._key_buffer is None and growing._value_buffer is None  # the old buffers go at once
     assert len(buffers) < 7  # most appends wrote into the buffer they found
+
+
+def test_reset_lets_the_buffers_go_and_the_layer_is_reusable() -> None:
+    layer = GrowingLayer()
+    layer.update(*states(50, 0))
+    layer.reset()
+    assert layer._key_buffer is None and layer.get_seq_length() == 0
+    k, v = states(3, 1)
+    got_k, got_v = layer.update(k, v)
+    assert torch.equal(got_k, k) and torch.equal(got_v, v)
 
 
 def test_buffer_room_is_bounded() -> None:
