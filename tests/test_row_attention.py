@@ -7,7 +7,7 @@ import types
 import torch
 
 from nest_integrations.decode_thread import decode_thread
-from nest_integrations.row_attention import row_attention_forward, row_layout, selected, supported
+from nest_integrations.row_attention import query_groups, row_attention_forward, row_layout, selected, supported
 
 
 def test_prompts_and_long_rows_holding_their_span_get_a_view_and_the_rest_is_gathered() -> None:
@@ -24,14 +24,15 @@ def test_prompts_and_long_rows_holding_their_span_get_a_view_and_the_rest_is_gat
     assert (one.start, one.stop, one.mask, one.causal) == (5, 8, None, False)
     assert (masked.start, masked.stop) == (8, 13)
     assert (masked.mask[0, 0] == 0).int().tolist() == [[1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
-    gathered = layout.gathered
+    (gathered,) = layout.gathered
     assert gathered.kv_index.tolist() == [[13, 30, 31], [14, 40, 0]]
     assert (gathered.mask[:, 0] == 0).int().tolist() == [[[1, 1, 0], [1, 1, 1]], [[1, 1, 0], [1, 0, 0]]]
     assert gathered.query_index.tolist() == [[8, 9], [10, 10]]  # the padding query repeats the row's first
     assert gathered.flat_index.tolist() == [0, 1, 2] and gathered.packed_index.tolist() == [8, 9, 10]
     # With rows "long" from 1,024 slots, as by default, only the prompt keeps a view.
     layout = row_layout(rows, torch.float32, torch.device("cpu"))
-    assert [w.query for w in layout.windows] == [0] and layout.gathered.packed_index.tolist() == list(range(5, 11))
+    assert [w.query for w in layout.windows] == [0]
+    assert [g.packed_index.tolist() for g in layout.gathered] == [list(range(5, 11))]
 
 
 def test_rows_attend_as_one_masked_call_over_the_whole_cache() -> None:
@@ -45,16 +46,44 @@ def test_rows_attend_as_one_masked_call_over_the_whole_cache() -> None:
     key = torch.randn(1, 2, 24, 8, generator=generator)
     value = torch.randn(1, 2, 24, 8, generator=generator)
     layout = row_layout(rows, torch.float32, torch.device("cpu"), view_from=2)
-    assert len(layout.windows) == 3 and layout.gathered.packed_index.tolist() == [7, 8, 9, 10]
+    assert len(layout.windows) == 3 and [g.packed_index.tolist() for g in layout.gathered] == [[7, 8, 9, 10]]
     out, _ = row_attention_forward(torch.nn.Module(), query, key, value, None, scaling=0.5, nest_rows=layout)
-    mask = torch.full((11, 24), float("-inf"))
+    torch.testing.assert_close(out, _dense_reference(rows, query, key, value, 0.5), atol=1e-5, rtol=0)
+
+
+def _dense_reference(rows, query, key, value, scaling):
+    """Softmax attention over the whole cache, each query masked to its own row's slots."""
+    mask = torch.full((query.shape[2], key.shape[2]), float("-inf"))
     for start, n, slots in rows:
         for i in range(n):
-            visible = slots[: len(slots) - n + i + 1]
-            mask[start + i, visible] = 0.0
-    k, v = key.repeat_interleave(2, dim=1), value.repeat_interleave(2, dim=1)
-    weights = torch.softmax(query @ k.transpose(-1, -2) * 0.5 + mask, dim=-1)
-    torch.testing.assert_close(out, (weights @ v).transpose(1, 2), atol=1e-5, rtol=0)
+            mask[start + i, slots[: len(slots) - n + i + 1]] = 0.0
+    group = query.shape[1] // key.shape[1]
+    k, v = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    weights = torch.softmax(query @ k.transpose(-1, -2) * scaling + mask, dim=-1)
+    return (weights @ v).transpose(1, 2)
+
+
+def test_a_long_draft_gets_its_own_gathered_call() -> None:
+    """Six one-token rows of 200 slots and one 40-token draft: one call would pad every row to
+    40 queries, so the draft gets a call of its own; packed order is kept within a group."""
+    rows = [(i, 1, list(range(300 * i, 300 * i + 200))) for i in range(3)]
+    rows.append((3, 40, list(range(900, 1100)) + list(range(2000, 2040))))
+    rows += [(43 + i, 1, list(range(1200 + 250 * i, 1200 + 250 * i + 200))) for i in range(3)]
+    groups = query_groups(rows)
+    assert [[r[0] for r in g] for g in groups] == [[0, 1, 2, 43, 44, 45], [3]]
+    assert query_groups(rows, max_calls=1) == [rows]  # as on an accelerator
+    assert query_groups([]) == []
+    same = [(i, 2, [i * 10, i * 10 + 1, i * 10 + 2]) for i in range(5)]
+    assert query_groups(same) == [same]  # nothing to save: one call
+
+    generator = torch.Generator().manual_seed(1)
+    query = torch.randn(1, 6, 46, 16, generator=generator)  # 6 query heads over 2 key heads
+    key = torch.randn(1, 2, 2040, 16, generator=generator)
+    value = torch.randn(1, 2, 2040, 16, generator=generator)
+    layout = row_layout(rows, torch.float32, torch.device("cpu"))
+    assert not layout.windows and len(layout.gathered) == 2
+    out, _ = row_attention_forward(torch.nn.Module(), query, key, value, None, scaling=0.25, nest_rows=layout)
+    torch.testing.assert_close(out, _dense_reference(rows, query, key, value, 0.25), atol=1e-5, rtol=0)
 
 
 def test_only_plain_causal_sdpa_models_use_it(lm) -> None:
