@@ -175,22 +175,29 @@ def query_groups(
     rows: Sequence[Row], call_cost: int = CALL_COST_PAIRS, max_calls: int = MAX_GATHERED_CALLS
 ) -> list[list[Row]]:
     """Rows (first query, n new tokens, slots) split into groups, each gathered into one call
-    padded to its largest n and slot count: the split of the rows ordered by n into at most
-    ``max_calls`` runs with the least padded work (query rows x key slots), each run costing
-    ``call_cost`` more, so that a row with a 33-token draft does not pad seven one-token rows
-    to 33 queries. Each group keeps the rows' packed order."""
-    m = len(rows)
-    if m == 0:
+    padded to its largest n and slot count: of the splits of the rows ordered by n into at most
+    ``max_calls`` runs (rows with the same n stay together), the one with the least padded work
+    (query rows x key slots), each run costing ``call_cost`` more, so that a row with a 33-token
+    draft does not pad seven one-token rows to 33 queries. Each group keeps the rows' packed order."""
+    if not rows:
         return []
-    order = sorted(range(m), key=lambda k: (rows[k][1], len(rows[k][2])))
-    # cost[i][j]: rows order[i:j] in one call.
+    if max_calls == 1 or len(rows) == 1:
+        return [list(rows)]
+    # Runs of rows with the same n, in increasing n: (n, how many, their longest slot list, rows).
+    by_n: dict[int, list[int]] = {}
+    for k, row in enumerate(rows):
+        by_n.setdefault(row[1], []).append(k)
+    runs = [(n, ks, max(len(rows[k][2]) for k in ks)) for n, ks in sorted(by_n.items())]
+    m = len(runs)
+    # cost[i][j]: runs i..j-1 in one call.
     cost = [[0] * (m + 1) for _ in range(m)]
     for i in range(m):
-        longest = 0
+        count = longest = 0
         for j in range(i + 1, m + 1):
-            longest = max(longest, len(rows[order[j - 1]][2]))
-            cost[i][j] = call_cost + (j - i) * rows[order[j - 1]][1] * longest
-    # best[c][j]: the least cost of the first j rows in c calls; start[c][j]: where the last begins.
+            n, ks, length = runs[j - 1]
+            count, longest = count + len(ks), max(longest, length)
+            cost[i][j] = call_cost + count * n * longest
+    # best[c][j]: the least cost of the first j runs in c calls; start[c][j]: where the last begins.
     best = [[math.inf] * (m + 1) for _ in range(max_calls + 1)]
     start = [[0] * (m + 1) for _ in range(max_calls + 1)]
     best[0][0] = 0
@@ -199,11 +206,11 @@ def query_groups(
             for i in range(c - 1, j):
                 if best[c - 1][i] + cost[i][j] < best[c][j]:
                     best[c][j], start[c][j] = best[c - 1][i] + cost[i][j], i
-    calls = min(range(1, max_calls + 1), key=lambda c: best[c][m])
+    calls = min(range(1, min(max_calls, m) + 1), key=lambda c: best[c][m])
     groups, j = [], m
     for c in range(calls, 0, -1):
         i = start[c][j]
-        groups.append([rows[k] for k in sorted(order[i:j])])
+        groups.append([rows[k] for k in sorted(k for run in runs[i:j] for k in run[1])])
         j = i
     return groups[::-1]
 
@@ -291,7 +298,8 @@ def row_attention_forward(
         k = _gather_slots(key, gathered.kv_index.view(-1)).view(kv_heads, rows, l_max, dim).transpose(0, 1)
         v = _gather_slots(value, gathered.kv_index.view(-1)).view(kv_heads, rows, l_max, dim).transpose(0, 1)
         o = _sdpa(q, k, v, attn_mask=gathered.stacked_mask(group), scale=scaling)
-        o = o.view(rows, heads, n_max, dim).transpose(1, 2).reshape(-1, heads, dim).index_select(0, gathered.flat_index)
+        o = o.reshape(rows, heads, n_max, dim).transpose(1, 2).reshape(-1, heads, dim)
+        o = o.index_select(0, gathered.flat_index)
         out.index_copy_(0, gathered.packed_index, o)
     return out.unsqueeze(0), None
 

@@ -75,6 +75,12 @@ def test_a_long_draft_gets_its_own_gathered_call() -> None:
     assert query_groups([]) == []
     same = [(i, 2, [i * 10, i * 10 + 1, i * 10 + 2]) for i in range(5)]
     assert query_groups(same) == [same]  # nothing to save: one call
+    many = [(i, [1, 1, 4, 33, 9][i % 5], list(range(50 + 7 * i))) for i in range(200)]
+    groups = query_groups(many)
+    assert len(groups) <= 3 and sorted(r[0] for g in groups for r in g) == list(range(200))
+    assert all([r[0] for r in g] == sorted(r[0] for r in g) for g in groups)  # packed order kept
+    assert len({n for g in groups for n in {r[1] for r in g}}) == 4  # rows with one n share a group
+    assert sum(len({r[1] for r in g}) for g in groups) == 4
 
     generator = torch.Generator().manual_seed(1)
     query = torch.randn(1, 6, 46, 16, generator=generator)  # 6 query heads over 2 key heads
