@@ -7,7 +7,14 @@ import types
 import torch
 
 from nest_integrations.decode_thread import decode_thread
-from nest_integrations.row_attention import query_groups, row_attention_forward, row_layout, selected, supported
+from nest_integrations.row_attention import (
+    _gather_slots,
+    query_groups,
+    row_attention_forward,
+    row_layout,
+    selected,
+    supported,
+)
 
 
 def test_prompts_and_long_rows_holding_their_span_get_a_view_and_the_rest_is_gathered() -> None:
@@ -90,6 +97,16 @@ def test_a_long_draft_gets_its_own_gathered_call() -> None:
     assert not layout.windows and len(layout.gathered) == 2
     out, _ = row_attention_forward(torch.nn.Module(), query, key, value, None, scaling=0.25, nest_rows=layout)
     torch.testing.assert_close(out, _dense_reference(rows, query, key, value, 0.25), atol=1e-5, rtol=0)
+
+
+def test_gathered_slots_are_the_cached_states_at_those_slots() -> None:
+    """A cache view with spare room, as kv_cache.GrowingLayer returns it: the per-head gather
+    equals advanced indexing bit for bit; off the CPU it is one call with the same shape."""
+    buffer = torch.randn(1, 3, 90, 8, generator=torch.Generator().manual_seed(2)).bfloat16()
+    states = buffer[:, :, :70]
+    index = torch.tensor([5, 69, 0, 5, 33])
+    assert torch.equal(_gather_slots(states, index), states[0][:, index])
+    assert _gather_slots(states.to("meta"), index.to("meta")).shape == (3, 5, 8)
 
 
 def test_only_plain_causal_sdpa_models_use_it(lm) -> None:
