@@ -86,6 +86,11 @@ class RowWindow:
     stop: int
     mask: torch.Tensor | None
     causal: bool = False
+    _stacked: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def stacked_mask(self, group: int) -> torch.Tensor | None:
+        """``mask`` for queries stacked ``group`` heads deep, made once a step, not once a layer."""
+        return _stacked(self.mask, group, self._stacked) if self.mask is not None else None
 
 
 @dataclass(frozen=True)
@@ -107,10 +112,17 @@ class GatheredRows:
     def stacked_mask(self, group: int) -> torch.Tensor:
         """``mask`` for queries stacked ``group`` heads deep, (R, 1, group x n_max, L_max): made
         once a step, not once a layer."""
-        mask = self._stacked.get(group)
-        if mask is None:
-            mask = self._stacked[group] = self.mask.repeat(1, 1, group, 1) if group > 1 else self.mask
+        return _stacked(self.mask, group, self._stacked)
+
+
+def _stacked(mask: torch.Tensor, group: int, made: dict[int, torch.Tensor]) -> torch.Tensor:
+    """An additive mask (R, 1, n, L) repeated for queries stacked ``group`` heads deep, (R, 1,
+    group x n, L); kept in ``made`` (the layers of one step share it)."""
+    if group == 1:
         return mask
+    if group not in made:
+        made[group] = mask.repeat(1, 1, group, 1)
+    return made[group]
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,7 @@ VIEW_FROM_SLOTS = 1024
 def row_layout(
     rows: Sequence[Row],
     dtype: torch.dtype,
-    device: torch.device,
+    device: torch.device | str,
     view_from: int = VIEW_FROM_SLOTS,
 ) -> RowLayout:
     """The layout of rows given as (first query in the packed sequence, n new tokens, all its
@@ -141,7 +153,8 @@ def row_layout(
     A whole prompt over its own span (a row joining) attends over a view of it, causally. A row
     of ``view_from`` slots or more that fills at least half its span attends over a view of the
     span (no copy, at most 2x the attention work). The others' slots are gathered, in groups of
-    similar query counts (:func:`query_groups`; one group on an accelerator)."""
+    similar query counts (:func:`query_groups`; on an accelerator only where padding is huge)."""
+    device = torch.device(device)
     windows: list[RowWindow] = []
     thin: list[Row] = []
     for query, n, slots in rows:
@@ -159,8 +172,7 @@ def row_layout(
             allowed[:, own[: length - n]] = True
             allowed[:, own[length - n :]] = torch.ones((n, n), dtype=torch.bool).tril()
             windows.append(RowWindow(query, n, start, stop, additive_mask(allowed, dtype)[None, None].to(device)))
-    # One call on an accelerator, where padded work is nearly free next to a call's launch.
-    groups = query_groups(thin, max_calls=MAX_GATHERED_CALLS if device.type == "cpu" else 1)
+    groups = query_groups(thin, call_cost=CALL_COST_PAIRS if device.type == "cpu" else CALL_COST_PAIRS_ACCELERATOR)
     return RowLayout(windows, [_gathered(group, dtype, device) for group in groups])
 
 
@@ -168,6 +180,10 @@ def row_layout(
 # on 2 CPU cores a call costs ~35 us and each pair ~0.01 us (session 14, bf16, 8 rows of 170
 # slots: 7 one-token rows with one 33-token draft took 591 us in one call, 167 us in two).
 CALL_COST_PAIRS = 3500
+# On an accelerator padded pairs are nearly free next to a call's launches, so rows are split
+# only where padding would be huge (an estimate, not measured: a 1,000-token joining prompt
+# padding 15 one-token rows of ~330 slots is 16.5 M pairs, and its (stacked) mask ~190 MiB).
+CALL_COST_PAIRS_ACCELERATOR = 4_000_000
 MAX_GATHERED_CALLS = 3
 
 
@@ -179,6 +195,8 @@ def query_groups(
     ``max_calls`` runs (rows with the same n stay together), the one with the least padded work
     (query rows x key slots), each run costing ``call_cost`` more, so that a row with a 33-token
     draft does not pad seven one-token rows to 33 queries. Each group keeps the rows' packed order."""
+    if max_calls < 1:
+        raise ValueError(f"max_calls must be at least 1, got {max_calls}")
     if not rows:
         return []
     if max_calls == 1 or len(rows) == 1:
@@ -289,7 +307,7 @@ def row_attention_forward(
             mask = None
         else:
             q = query[:, :, row.query : row.query + row.n].reshape(1, kv_heads, group * row.n, dim)
-            mask = row.mask if row.mask is None or group == 1 else row.mask.repeat(1, 1, group, 1)
+            mask = row.stacked_mask(group)
         o = _sdpa(q, k, v, attn_mask=mask, scale=scaling, is_causal=row.causal, **_gqa(row.causal and group > 1))
         out[row.query : row.query + row.n] = o.reshape(heads, row.n, dim).transpose(0, 1)
     for gathered in nest_rows.gathered:

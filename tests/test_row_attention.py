@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 
+import pytest
 import torch
 
 from nest_integrations.decode_thread import decode_thread
@@ -78,7 +79,14 @@ def test_a_long_draft_gets_its_own_gathered_call() -> None:
     rows += [(43 + i, 1, list(range(1200 + 250 * i, 1200 + 250 * i + 200))) for i in range(3)]
     groups = query_groups(rows)
     assert [[r[0] for r in g] for g in groups] == [[0, 1, 2, 43, 44, 45], [3]]
-    assert query_groups(rows, max_calls=1) == [rows]  # as on an accelerator
+    assert query_groups(rows, max_calls=1) == [rows]
+    with pytest.raises(ValueError, match="max_calls"):
+        query_groups(rows, max_calls=0)
+    # On an accelerator the draft shares the one-token rows' call: padding them costs less than a call.
+    assert len(row_layout(rows, torch.float32, "meta").gathered) == 1
+    # ... but a joining 900-token prompt (reusing a cached prefix, so gathered) gets its own.
+    joining = (46, 900, list(range(2100, 2132)) + list(range(3000, 3900)))
+    assert [len(g.packed_index) for g in row_layout([*rows, joining], torch.float32, "meta").gathered] == [46, 900]
     assert query_groups([]) == []
     same = [(i, 2, [i * 10, i * 10 + 1, i * 10 + 2]) for i in range(5)]
     assert query_groups(same) == [same]  # nothing to save: one call
