@@ -24,10 +24,10 @@ window, logit soft-capping or attention sinks would be lost, so those keep the m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import combinations, pairwise
 from typing import Any
 
 import torch
@@ -201,7 +201,7 @@ def query_groups(
         return []
     if max_calls == 1 or len(rows) == 1:
         return [list(rows)]
-    # Runs of rows with the same n, in increasing n: (n, how many, their longest slot list, rows).
+    # Runs of rows with the same n, in increasing n: (n, the rows' indices, their longest slot count).
     by_n: dict[int, list[int]] = {}
     for k, row in enumerate(rows):
         by_n.setdefault(row[1], []).append(k)
@@ -215,22 +215,10 @@ def query_groups(
             n, ks, length = runs[j - 1]
             count, longest = count + len(ks), max(longest, length)
             cost[i][j] = call_cost + count * n * longest
-    # best[c][j]: the least cost of the first j runs in c calls; start[c][j]: where the last begins.
-    best = [[math.inf] * (m + 1) for _ in range(max_calls + 1)]
-    start = [[0] * (m + 1) for _ in range(max_calls + 1)]
-    best[0][0] = 0
-    for c in range(1, max_calls + 1):
-        for j in range(c, m + 1):
-            for i in range(c - 1, j):
-                if best[c - 1][i] + cost[i][j] < best[c][j]:
-                    best[c][j], start[c][j] = best[c - 1][i] + cost[i][j], i
-    calls = min(range(1, min(max_calls, m) + 1), key=lambda c: best[c][m])
-    groups, j = [], m
-    for c in range(calls, 0, -1):
-        i = start[c][j]
-        groups.append([rows[k] for k in sorted(k for run in runs[i:j] for k in run[1])])
-        j = i
-    return groups[::-1]
+    # Cut the runs in at most max_calls - 1 places, fewest cuts first (they win ties).
+    splits = (cuts for c in range(min(max_calls, m)) for cuts in combinations(range(1, m), c))
+    cuts = min(splits, key=lambda cuts: sum(cost[i][j] for i, j in pairwise((0, *cuts, m))))
+    return [[rows[k] for k in sorted(k for run in runs[i:j] for k in run[1])] for i, j in pairwise((0, *cuts, m))]
 
 
 def _gathered(rows: Sequence[Row], dtype: torch.dtype, device: torch.device) -> GatheredRows:
